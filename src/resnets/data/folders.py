@@ -1,0 +1,180 @@
+"""Image folders: scanning for classes and unreadable files, parallel decoding, a disk cache."""
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from ..errors import DataError
+from .decode import decode_image
+
+log = logging.getLogger(__name__)
+
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+def cache_dir() -> Path | None:
+    """Where decoded folders are cached; RESNETS_CACHE_DIR="" turns the cache off."""
+    value = os.environ.get("RESNETS_CACHE_DIR")
+    if value == "":
+        return None
+    return Path(value) if value else Path.home() / ".cache" / "resnets"
+
+
+@dataclass
+class FolderScan:
+    """The image files found under a folder of class sub-folders."""
+
+    root: Path
+    class_names: list[str]
+    files: list[Path] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    hidden: list[Path] = field(default_factory=list)
+
+    def _sample_headers(self, count: int = 64) -> list[tuple[tuple[int, int], str]]:
+        step = max(1, len(self.files) // count)
+        headers = []
+        for path in self.files[::step][:count]:
+            try:
+                with Image.open(path) as image:
+                    headers.append((image.size, image.mode))
+            except (OSError, ValueError, SyntaxError):
+                continue
+        return headers
+
+    def guess_size(self) -> tuple[int, int]:
+        """The images' own size when they share a square one, else their median shorter side."""
+        sizes = [size for size, _ in self._sample_headers()]
+        if not sizes:
+            return (32, 32)
+        (width, height), _ = Counter(sizes).most_common(1)[0]
+        if width == height and all(s == (width, height) for s in sizes):
+            return (height, width)
+        sides = sorted(min(s) for s in sizes)
+        side = min(256, max(16, round(sides[len(sides) // 2] / 8) * 8))
+        log.info("images differ in size; using %dx%d (set --image-size to change)", side, side)
+        return (side, side)
+
+    def guess_channels(self) -> int:
+        modes = [mode for _, mode in self._sample_headers()]
+        return 1 if modes and all(m in GREY_MODES for m in modes) else 3
+
+
+def scan_folder(
+    root: Path, *, strict: bool = False, class_names: list[str] | None = None
+) -> FolderScan:
+    """List every file under `root/<class>/`; with `class_names`, map to that fixed order.
+
+    Raises:
+        DataError: no class folders, no files, or (with `class_names`) a folder whose
+            class the model does not know.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root} is not a folder; expected one sub-folder per class")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise DataError(
+            f"no class folders in {root}: expected one sub-folder of images per class, "
+            f"such as {root}/cat/001.jpg and {root}/dog/001.jpg"
+        )
+    if class_names is None:
+        class_names = found
+    else:
+        unknown = [name for name in found if name not in class_names]
+        if unknown:
+            raise DataError(
+                f"{root} has class folder(s) {unknown} that the model was not trained on; "
+                f"its classes are {class_names}"
+            )
+        absent = [name for name in class_names if name not in found]
+        if absent:
+            log.warning("%s has no folder for class(es) %s", root, absent)
+    scan = FolderScan(root, list(class_names))
+    for name in found:
+        for path in sorted((root / name).rglob("*")):
+            if not path.is_file():
+                continue
+            if any(part.startswith(".") for part in path.relative_to(root).parts):
+                scan.hidden.append(path)
+                continue
+            scan.files.append(path)
+            scan.labels.append(class_names.index(name))
+    if not scan.files:
+        raise DataError(f"no image files in the class folders of {root}")
+    if scan.hidden:
+        log.info("skipped %d hidden file(s) in %s", len(scan.hidden), root)
+    return scan
+
+
+def _cache_key(scan: FolderScan, channels: int, size: tuple[int, int]) -> str:
+    digest = hashlib.sha256(f"{scan.root.resolve()}|{channels}|{size}|v1".encode())
+    for path, label in zip(scan.files, scan.labels, strict=True):
+        stat = path.stat()
+        digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _try_decode(path: Path, channels: int, size: tuple[int, int]) -> torch.Tensor | str:
+    try:
+        return decode_image(path, channels, size)
+    except DataError as error:
+        return str(error)
+
+
+def decode_files(scan: FolderScan, channels: int, size: tuple[int, int], *, strict: bool = False):
+    """Decode every scanned file once, in parallel, reusing the disk cache when unchanged.
+
+    Unreadable files are listed in a warning and skipped, or raise with `strict=True`.
+    """
+    from .datasets import ImageSet
+
+    folder = cache_dir()
+    key = _cache_key(scan, channels, size)
+    if folder is not None and (folder / f"{key}.safetensors").is_file():
+        tensors = load_file(folder / f"{key}.safetensors")
+        files = json.loads((folder / f"{key}.json").read_text())
+        log.info("read %d decoded images from the cache %s", len(files), folder)
+        return ImageSet(tensors["images"], tensors["labels"], files)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        results = list(pool.map(lambda p: _try_decode(p, channels, size), scan.files))
+    bad = [(path, r) for path, r in zip(scan.files, results, strict=True) if isinstance(r, str)]
+    report_unreadable(bad, scan.root, strict)
+    good = [(i, r) for i, r in enumerate(results) if not isinstance(r, str)]
+    if not good:
+        raise DataError(f"none of the {len(scan.files)} files in {scan.root} is a readable image")
+    images = torch.stack([r for _, r in good])
+    labels = torch.tensor([scan.labels[i] for i, _ in good], dtype=torch.int64)
+    files = [str(scan.files[i]) for i, _ in good]
+    if folder is not None:
+        _write_cache(folder, key, images, labels, files)
+    return ImageSet(images, labels, files)
+
+
+def report_unreadable(bad: list[tuple[Path, str]], root: Path, strict: bool) -> None:
+    if not bad:
+        return
+    listing = "; ".join(f"{path}: {reason}" for path, reason in bad[:10])
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    if strict:
+        raise DataError(f"{len(bad)} unreadable file(s) in {root} (--strict): {listing}{more}")
+    log.warning("skipping %d unreadable file(s) in %s: %s%s", len(bad), root, listing, more)
+
+
+def _write_cache(folder: Path, key: str, images, labels, files: list[str]) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f"{key}.safetensors.tmp"
+        save_file({"images": images.contiguous(), "labels": labels}, tmp)
+        (folder / f"{key}.json").write_text(json.dumps(files))
+        tmp.replace(folder / f"{key}.safetensors")
+    except OSError as error:  # a read-only home must not stop training
+        log.warning("could not write the image cache in %s: %s", folder, error)
