@@ -1,0 +1,98 @@
+"""Callbacks: the per-epoch metrics row (CSV, curves, report) and throughput timing."""
+
+import csv
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+
+METRIC_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_top5",
+    "lr",
+    "images_per_s",
+    "epoch_time_s",
+]
+
+
+class EpochMetrics(L.Callback):
+    """Writes one `metrics.csv` row per epoch and hands it to `report` (rank zero only).
+
+    Throughput counts training images only, from the first to the last training batch,
+    so validation does not dilute it.
+    """
+
+    def __init__(self, run_dir: Path, report: Callable[[dict], None] | None = None) -> None:
+        self.path = Path(run_dir) / "metrics.csv"
+        self.report = report
+        self.rows: list[dict] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.images, self.started, self.train_seconds = 0, time.perf_counter(), 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.images += len(batch[1])
+        self.train_seconds = time.perf_counter() - self.started
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        row = {
+            "epoch": trainer.current_epoch + 1,
+            **{k: metrics.get(k, float("nan")) for k in METRIC_COLUMNS[1:6]},
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "images_per_s": self.images * trainer.world_size / max(self.train_seconds, 1e-9),
+            "epoch_time_s": time.perf_counter() - self.started,
+        }
+        self.rows.append(row)
+        self._append(row)
+        if self.report:
+            self.report(row)
+
+    def _append(self, row: dict) -> None:
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=METRIC_COLUMNS)
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+
+
+def _fmt(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as stream:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(stream)]
+
+
+def plot_curves(metrics_csv: Path, out: Path, title: str) -> Path:
+    """Loss and accuracy per epoch, training dashed and held-out solid, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_csv)
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], "--", label="training")
+    ax_loss.plot(epochs, [r["val_loss"] for r in rows], "-", label="held-out")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss (nats)", title="Loss")
+    ax_acc.plot(epochs, [100 * r["train_acc"] for r in rows], "--", label="training")
+    ax_acc.plot(epochs, [100 * r["val_acc"] for r in rows], "-", label="held-out")
+    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="Accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -1,0 +1,102 @@
+"""Batches straight from in-memory uint8 tensors, sharded across data-parallel ranks."""
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from ..data.datasets import Dataset, ImageSet
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Indexing with a tensor of indices returns a whole batch in one copy."""
+
+    def __init__(self, split: ImageSet) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.split.images[indices], self.split.labels[indices]
+
+
+class BatchIndexSampler(Sampler[torch.Tensor]):
+    """Yields index tensors of one batch each, for this rank's share of the data.
+
+    Training shuffles with a generator seeded by (seed, epoch), so a resumed run sees the
+    same order; every rank takes the same number of batches. Evaluation gives each rank a
+    contiguous share without padding, so every sample is counted exactly once.
+    A last training batch of one sample is dropped: batch norm cannot normalise it.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.size).tensor_split(self.world_size)[self.rank]
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        per_rank = self.size // self.world_size
+        return order[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+    def __iter__(self):
+        batches = self._indices().split(self.batch_size)
+        for batch in batches:
+            if self.shuffle and len(batch) == 1 and len(batches) > 1:
+                continue
+            yield batch
+
+    def __len__(self) -> int:
+        share = len(self._indices())
+        full, rest = divmod(share, self.batch_size)
+        if self.shuffle and rest == 1 and full > 0:
+            return full
+        return full + (rest > 0)
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Serves a `Dataset`'s train and held-out splits as uint8 batches."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0) -> None:
+        super().__init__()
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+
+    def _loader(self, split: ImageSet, shuffle: bool) -> DataLoader:
+        rank, world_size = self._rank()
+        sampler = BatchIndexSampler(
+            len(split),
+            self.batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+        )
+        return DataLoader(_Batches(split), sampler=sampler, batch_size=None, num_workers=0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset.train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset.held_out, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

@@ -1,0 +1,310 @@
+"""`train`: from a `TrainConfig` to a finished run directory."""
+
+import logging
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+from .. import hardware
+from ..data.datasets import Dataset, load_dataset, parse_spec
+from ..errors import TrainingError, UsageError
+from ..models.registry import create_model, model_entry
+from ..weights import save_model_dir
+from .callbacks import EpochMetrics, plot_curves
+from .datamodule import ImageDataModule
+from .module import ClassifierModule
+from .recipes import Recipe, default_recipe
+
+log = logging.getLogger(__name__)
+
+# Augmentation lives in the module on purpose: it must know whether the trainer is training.
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*litlogger.*")
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run. `None` means the dataset's default (see `recipes.py`)."""
+
+    model: str = "resnet20"
+    data: str = "digits"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: float | None = None
+    schedule: str | None = None
+    label_smoothing: float | None = None
+    seed: int = 0
+    val_size: float = 0.1
+    image_size: int | None = None
+    channels: int | None = None
+    strict: bool = False
+    download: bool = False
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    sync_batchnorm: bool = False
+    model_options: dict[str, Any] = field(default_factory=dict)
+    out: str = "runs"
+    name: str | None = None
+    progress_bar: bool = True
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(f"unknown training settings {unknown}; expected {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    rows: list[dict]
+    accuracy: float
+    held_out_name: str
+    seconds: float
+
+
+def resolve_recipe(config: TrainConfig) -> Recipe:
+    kind, _ = parse_spec(config.data)
+    names = (
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "warmup_epochs",
+        "schedule",
+        "label_smoothing",
+    )
+    return default_recipe(kind, **{n: getattr(config, n) for n in names})
+
+
+def make_run_dir(config: TrainConfig) -> Path:
+    kind, _ = parse_spec(config.data)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(config.out) / (config.name or f"{config.model}-{kind}-{stamp}")
+    if (run_dir / CONFIG_FILE).exists():
+        raise UsageError(
+            f"run directory {run_dir} already holds a run; choose another --name, or "
+            f"continue it with --resume {run_dir}"
+        )
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def write_run_config(run_dir: Path, config: TrainConfig, recipe: Recipe, extra: dict) -> None:
+    import lightning
+
+    record = {
+        "train": asdict(config),
+        "recipe": asdict(recipe),
+        **extra,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": str(torch.__version__),
+            "lightning": lightning.__version__,
+            "resnets": _version(),
+        },
+        "hardware": hardware.describe(),
+    }
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(record, sort_keys=False))
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def read_run_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no run at {run_dir}: expected {CONFIG_FILE} there")
+    return yaml.safe_load(path.read_text())
+
+
+def build_module(config: TrainConfig, dataset: Dataset, recipe: Recipe, world_size: int):
+    entry = model_entry(config.model)
+    options = {"num_classes": dataset.num_classes, "in_channels": dataset.channels}
+    model = create_model(entry.name, **options, **config.model_options)
+    side = min(dataset.image_size)
+    if side < model.min_input_size:
+        raise UsageError(
+            f"{config.model} shrinks its input {model.min_input_size} times, so it needs images "
+            f"of at least {model.min_input_size}x{model.min_input_size}; the data is "
+            f"{side}x{side}. Pass --image-size {model.min_input_size} to upscale, or use a "
+            "CIFAR model such as resnet20"
+        )
+    if recipe.batch_size % world_size:
+        raise UsageError(
+            f"--batch-size {recipe.batch_size} is the global batch and must divide evenly "
+            f"across {world_size} processes"
+        )
+    return ClassifierModule(
+        model,
+        recipe,
+        mean=dataset.mean,
+        std=dataset.std,
+        flip=dataset.flip,
+        crop_padding=dataset.crop_padding,
+        global_batch_size=recipe.batch_size,
+        channels_last=config.channels_last,
+    )
+
+
+def make_trainer(config: TrainConfig, recipe: Recipe, run_dir: Path, callbacks: list) -> L.Trainer:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    precision = (
+        hardware.fast_precision(config.accelerator)
+        if config.precision == "auto"
+        else config.precision
+    )
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor="val_acc",
+        mode="max",
+        save_last=True,
+        enable_version_counter=False,
+    )
+    if config.progress_bar:
+        callbacks = [_EpochBar(), *callbacks]
+    multi = config.num_nodes > 1 or (isinstance(config.devices, int) and config.devices > 1)
+    return L.Trainer(
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy="ddp" if multi else "auto",
+        sync_batchnorm=config.sync_batchnorm,
+        precision=precision,
+        max_epochs=recipe.epochs,
+        callbacks=[checkpoints, *callbacks],
+        logger=_loggers(run_dir),
+        default_root_dir=run_dir,
+        enable_progress_bar=config.progress_bar,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # ImageDataModule shards by rank itself
+        log_every_n_steps=10,
+    )
+
+
+class _EpochBar(TQDMProgressBar):
+    """A bar for the training batches only: validation is quick and reported per epoch."""
+
+    def init_validation_tqdm(self):
+        bar = super().init_validation_tqdm()
+        bar.disable = True
+        return bar
+
+
+def _loggers(run_dir: Path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return TensorBoardLogger(run_dir, name="tensorboard", version="")
+
+
+def train(
+    config: TrainConfig,
+    report: Callable[[dict], None] | None = None,
+    dataset: Dataset | None = None,
+) -> TrainResult:
+    """Train `config.model` on `config.data` and write a run directory (see DESIGN.md)."""
+    started = time.perf_counter()
+    recipe = resolve_recipe(config)
+    model_entry(config.model)  # fail on a bad name before reading any data
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    if dataset is None:
+        dataset = load_dataset(
+            config.data,
+            image_size=config.image_size,
+            channels=config.channels,
+            val_size=config.val_size,
+            seed=config.seed,
+            download=config.download,
+            strict=config.strict,
+        )
+    run_dir = make_run_dir(config)
+    metrics = EpochMetrics(run_dir, report)
+    trainer = make_trainer(config, recipe, run_dir, [metrics])
+    module = build_module(config, dataset, recipe, trainer.world_size)
+    preprocessing = preprocessing_of(dataset)
+    if trainer.is_global_zero:
+        write_run_config(
+            run_dir,
+            config,
+            recipe,
+            {
+                "precision": str(trainer.precision),
+                "world_size": trainer.world_size,
+                "per_device_batch_size": recipe.batch_size // trainer.world_size,
+                "peak_lr": recipe.peak_lr(recipe.batch_size),
+                "dataset": {
+                    "train_size": len(dataset.train),
+                    "held_out_size": len(dataset.held_out),
+                    "held_out": dataset.held_out_name,
+                    **preprocessing,
+                },
+                "class_names": dataset.class_names,
+            },
+        )
+    if config.compile:
+        module.model = torch.compile(module.model)
+    datamodule = ImageDataModule(dataset, recipe.batch_size // trainer.world_size, config.seed)
+    trainer.fit(module, datamodule=datamodule)
+    if trainer.interrupted:
+        raise TrainingError(f"training was interrupted; continue it with --resume {run_dir}")
+    model = getattr(module.model, "_orig_mod", module.model).to(
+        memory_format=torch.contiguous_format
+    )
+    if trainer.is_global_zero:
+        save_model_dir(
+            model,
+            run_dir / "model",
+            architecture=config.model,
+            class_names=dataset.class_names,
+            preprocessing=preprocessing,
+        )
+        plot_curves(
+            run_dir / "metrics.csv", run_dir / "curves.png", f"{config.model} on {config.data}"
+        )
+    rows = metrics.rows
+    accuracy = rows[-1]["val_acc"] if rows else float("nan")
+    return TrainResult(
+        run_dir, rows, accuracy, dataset.held_out_name, time.perf_counter() - started
+    )
+
+
+def preprocessing_of(dataset: Dataset) -> dict[str, Any]:
+    """What prediction must do to a file so the model sees what training saw."""
+    return {
+        "image_size": list(dataset.image_size),
+        "channels": dataset.channels,
+        "mean": list(dataset.mean),
+        "std": list(dataset.std),
+        "resize": "shorter side, then centre crop",
+    }

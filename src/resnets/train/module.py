@@ -1,0 +1,104 @@
+"""The Lightning module: one ResNet, its loss, metrics, optimiser and schedule."""
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..data.augment import normalize, random_crop_flip
+from ..models.resnet import ResNet
+from .recipes import Recipe
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay conv and linear weights only: decaying norm scales and biases only shrinks
+    them without regularising the function (Goyal et al. 2017; He et al. 2019, sec. 3.3)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim > 1 else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class ClassifierModule(L.LightningModule):
+    """Trains a ResNet on uint8 batches, augmenting and normalising them on the device."""
+
+    def __init__(
+        self,
+        model: ResNet,
+        recipe: Recipe,
+        *,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        flip: bool,
+        crop_padding: int,
+        global_batch_size: int,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.recipe = recipe
+        self.flip, self.crop_padding = flip, crop_padding
+        self.global_batch_size = global_batch_size
+        self.channels_last = channels_last
+        self.register_buffer("mean", torch.tensor(mean), persistent=False)
+        self.register_buffer("std", torch.tensor(std), persistent=False)
+        num_classes = model.config.num_classes
+        self.train_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        if self.trainer is not None and self.trainer.training:
+            images = random_crop_flip(images, self.crop_padding, self.flip)
+        return normalize(images, self.mean, self.std, self.channels_last), labels
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self.model(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.recipe.label_smoothing)
+        self.train_accuracy(logits.detach(), labels)
+        self.log(
+            "train_loss", loss, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=True
+        )
+        self.log("train_acc", self.train_accuracy, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, labels = batch
+        logits = self.model(images)
+        loss = F.cross_entropy(logits, labels)
+        self.val_accuracy(logits, labels)
+        self.val_top5(logits, labels)
+        self.log(
+            "val_loss", loss, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=True
+        )
+        self.log("val_acc", self.val_accuracy, on_step=False, on_epoch=True)
+        self.log("val_top5", self.val_top5, on_step=False, on_epoch=True)
+
+    def configure_optimizers(self):
+        recipe = self.recipe
+        optimizer = torch.optim.SGD(
+            parameter_groups(self.model, recipe.weight_decay),
+            lr=recipe.peak_lr(self.global_batch_size),
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov,
+        )
+        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // recipe.epochs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: recipe.lr_factor(step, steps_per_epoch)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

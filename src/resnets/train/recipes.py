@@ -1,0 +1,65 @@
+"""Training recipes: optimiser, schedule and augmentation settings, with per-dataset defaults."""
+
+import math
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train. `lr` is for a global batch of 128 and scales linearly with the batch
+    (Goyal et al. 2017, section 2.1), so multi-device runs keep the same recipe."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    schedule: Literal["cosine", "step"] = "cosine"
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    def peak_lr(self, global_batch_size: int) -> float:
+        return self.lr * global_batch_size / 128
+
+    def lr_factor(self, step: int, steps_per_epoch: int) -> float:
+        """Multiplier of the peak rate at optimiser step `step`: linear warm-up, then decay.
+
+        The step schedule divides by 10 at 50% and 75% of training, as the paper does
+        at 32k and 48k of 64k iterations (section 4.2).
+        """
+        total = max(1, self.epochs * steps_per_epoch)
+        warmup = min(total - 1, round(self.warmup_epochs * steps_per_epoch))
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total - warmup)
+        if self.schedule == "step":
+            return 0.1 ** sum(progress >= m for m in (0.5, 0.75))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+DATASET_RECIPES = {
+    "digits": Recipe(epochs=30, batch_size=64, lr=0.1),
+    "cifar10": Recipe(epochs=30, batch_size=128, lr=0.1),
+    "signs": Recipe(epochs=40, batch_size=32, lr=0.05),
+    "folder": Recipe(epochs=30, batch_size=128, lr=0.1),
+}
+
+
+def default_recipe(dataset_kind: str, **overrides) -> Recipe:
+    """The dataset's default recipe with any non-None override applied."""
+    recipe = DATASET_RECIPES.get(dataset_kind, Recipe())
+    return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
