@@ -1,0 +1,65 @@
+"""`resnets evaluate`: accuracy, per-class accuracy and a confusion matrix for a trained model."""
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "evaluate a trained run on labelled data: top-1, top-5, per class, confusion matrix"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="run directory (or model directory)")
+    parser.add_argument("--data", help="dataset spec (default: the data the run trained on)")
+    parser.add_argument(
+        "--out", help="folder for confusion.png and predictions.csv (default: RUN/evaluation)"
+    )
+    parser.add_argument("--precision", default="auto", help="auto, 32-true or bf16-mixed")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference.evaluate import evaluate, evaluation_split, plot_confusion, write_predictions
+    from ..inference.predictor import Predictor, model_dir_of
+
+    predictor = Predictor(args.run, precision=args.precision)
+    spec = args.data or _trained_on(args.run)
+    result = evaluate(predictor, evaluation_split(spec, predictor))
+    out = Path(args.out) if args.out else model_dir_of(args.run).parent / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    names = predictor.class_names
+    plot_confusion(result, names, out / "confusion.png", f"Confusion matrix on {spec}")
+    write_predictions(result, names, out / "predictions.csv")
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "data": spec,
+                    "images": result.count,
+                    "top1": result.top1,
+                    "top5": result.top5,
+                    "per_class": result.per_class,
+                    "confusion": result.confusion.tolist(),
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"{'class':<16} {'accuracy':>9}")
+    for name, accuracy in result.per_class.items():
+        shown = "no images" if accuracy is None else f"{100 * accuracy:8.1f}%"
+        print(f"{name:<16} {shown:>9}")
+    print(
+        f"{result.count} images from {spec}: top-1 {100 * result.top1:.2f}%, "
+        f"top-5 {100 * result.top5:.2f}%; confusion matrix {out / 'confusion.png'}"
+    )
+    return 0
+
+
+def _trained_on(run: str) -> str:
+    from ..errors import UsageError
+    from ..train.fit import read_run_config
+
+    try:
+        return read_run_config(Path(run))["train"]["data"]
+    except FileNotFoundError as error:
+        raise UsageError(f"{run} has no run config to take the data from; pass --data") from error

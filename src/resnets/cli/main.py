@@ -1,0 +1,83 @@
+"""The `resnets` command: argument parsing and output; the work happens in the library.
+
+Each command is a module of this package with `HELP`, `add_arguments(parser)` and
+`run(args) -> int`. Errors the user caused print as one line on stderr (exit 2 for bad
+usage, 1 for a failed run); `--debug` shows the traceback.
+"""
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS = [
+    "train",
+    "evaluate",
+    "predict",
+    "models",
+    "summary",
+    "benchmark",
+    "gradients",
+    "compare",
+    "deepen",
+    "export",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resnets",
+        description="Build, train, understand and serve Residual Networks.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"resnets.cli.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"resnets.cli.{name}":
+                raise
+            continue  # a command not built yet
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        sub.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's notes on devices, tips and stopping: noise at the command line.
+
+    Call after Lightning is imported, since importing it resets its loggers' levels.
+    """
+    if logging.getLogger("resnets").getEffectiveLevel() > logging.DEBUG:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    from ..errors import ResnetsError, UsageError
+
+    try:
+        return args.handler(args) or 0
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0
+    except KeyboardInterrupt:
+        print("resnets: interrupted", file=sys.stderr)
+        return 130
+    except (ResnetsError, FileNotFoundError, NotADirectoryError) as error:
+        if args.debug:
+            raise
+        print(f"resnets {args.command}: error: {error}", file=sys.stderr)
+        return 2 if isinstance(error, UsageError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""`resnets models`: every registered architecture."""
+
+import argparse
+
+HELP = "list every registered architecture with its depth, parameters and description"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'resnet*'")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models.registry import list_models, model_entry
+    from ..summary import count_parameters_of
+
+    names = list_models(args.pattern)
+    print(f"{'name':<20} {'depth':>5} {'params':>12}  description")
+    for name in names:
+        entry = model_entry(name)
+        params = count_parameters_of(entry.config)
+        print(f"{name:<20} {entry.depth:>5} {params:>12,}  {entry.description}")
+    return 0
