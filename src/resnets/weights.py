@@ -4,6 +4,7 @@ Every loader reads data, never code: safetensors files, JSON configs, and `.pt`/
 files only through `torch.load(weights_only=True)`.
 """
 
+import functools
 import json
 import logging
 import re
@@ -24,47 +25,81 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
 
-# torchvision (and timm) names on the left, resnets names on the right.
-_TORCHVISION_TO_RESNETS = [
-    (r"^conv1\.weight$", "stem.0.conv.weight"),
-    (r"^bn1\.", "stem.0.norm."),
-    (r"^layer(\d+)\.(\d+)\.conv(\d)\.", "stages.{S}.{1}.branch.{K}.conv."),
-    (r"^layer(\d+)\.(\d+)\.bn(\d)\.", "stages.{S}.{1}.branch.{K}.norm."),
-    (r"^layer(\d+)\.(\d+)\.downsample\.0\.", "stages.{S}.{1}.shortcut.conv."),
-    (r"^layer(\d+)\.(\d+)\.downsample\.1\.", "stages.{S}.{1}.shortcut.norm."),
-    (r"^fc\.", "head."),
-]
-_RESNETS_TO_TORCHVISION = [
-    (r"^stem\.0\.conv\.weight$", "conv1.weight"),
-    (r"^stem\.0\.norm\.", "bn1."),
-    (r"^stages\.(\d+)\.(\d+)\.branch\.(\d+)\.conv\.", "layer{S}.{2}.conv{K}."),
-    (r"^stages\.(\d+)\.(\d+)\.branch\.(\d+)\.norm\.", "layer{S}.{2}.bn{K}."),
-    (r"^stages\.(\d+)\.(\d+)\.shortcut\.conv\.", "layer{S}.{2}.downsample.0."),
-    (r"^stages\.(\d+)\.(\d+)\.shortcut\.norm\.", "layer{S}.{2}.downsample.1."),
-    (r"^head\.", "fc."),
-]
+
+def _layout(deep_stem: bool, avg_down: bool) -> list[tuple[str, str]]:
+    """Pairs of (resnets prefix, torchvision/timm prefix) for one layout.
+
+    In the templates `s`, `b`, `k` count stages, blocks and convs from 0 as resnets does;
+    the reference layout counts stages and convs from 1 (`S`, `K`). timm's deep stem
+    (`resnet50d`) is a Sequential of conv, norm, ReLU, ...; its average-pool shortcut puts
+    the pool at `downsample.0`, so the conv and norm move up by one.
+    """
+    if deep_stem:
+        stem = [
+            ("stem.0.conv.", "conv1.0."),
+            ("stem.0.norm.", "conv1.1."),
+            ("stem.1.conv.", "conv1.3."),
+            ("stem.1.norm.", "conv1.4."),
+            ("stem.2.conv.", "conv1.6."),
+            ("stem.2.norm.", "bn1."),
+        ]
+    else:
+        stem = [("stem.0.conv.", "conv1."), ("stem.0.norm.", "bn1.")]
+    first = 1 if avg_down else 0
+    return stem + [
+        ("stages.{s}.{b}.branch.{k}.conv.", "layer{S}.{b}.conv{K}."),
+        ("stages.{s}.{b}.branch.{k}.norm.", "layer{S}.{b}.bn{K}."),
+        ("stages.{s}.{b}.shortcut.conv.", f"layer{{S}}.{{b}}.downsample.{first}."),
+        ("stages.{s}.{b}.shortcut.norm.", f"layer{{S}}.{{b}}.downsample.{first + 1}."),
+        ("head.", "fc."),
+    ]
 
 
-def _rename(key: str, rules: list[tuple[str, str]], stage_offset: int) -> str | None:
-    for pattern, template in rules:
-        match = re.match(pattern, key)
-        if match:
-            groups = match.groups()
-            values = {"S": "", "K": ""}
-            if groups:
-                values["S"] = str(int(groups[0]) + stage_offset)
-            if len(groups) >= 3:
-                values["K"] = str(int(groups[2]) + stage_offset)
-            name = template.format(None, *groups, **values)
-            return name + key[match.end() :]
+@functools.cache
+def _template_regex(template: str) -> re.Pattern[str]:
+    """`"layer{S}.{b}."` -> a regex matching `layer3.0.` with groups S=3, b=0."""
+    parts = re.split(r"\{(\w)\}", template)  # literal, name, literal, name, ...
+    return re.compile(
+        "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>\\d+)" for i, p in enumerate(parts))
+    )
+
+
+def _translate(key: str, pairs: list[tuple[str, str]], to_reference: bool) -> str | None:
+    """Rename `key` by the first pair whose source prefix matches, or None if none does."""
+    for resnets_name, reference_name in pairs:
+        source, target = (
+            (resnets_name, reference_name) if to_reference else (reference_name, resnets_name)
+        )
+        match = _template_regex(source).match(key)
+        if match is None:
+            continue
+        values = {name: int(value) for name, value in match.groupdict().items()}
+        if to_reference:
+            values.update(S=values.get("s", 0) + 1, K=values.get("k", 0) + 1)
+        else:
+            values.update(s=values.get("S", 1) - 1, k=values.get("K", 1) - 1)
+        return target.format(**values) + key[match.end() :]
     return None
 
 
+def is_reference_layout(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a state dict uses torchvision's (or timm's) ResNet names."""
+    return any(key.startswith("layer1.") for key in state)
+
+
 def from_torchvision(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a torchvision- or timm-layout ResNet state dict to resnets' names."""
+    """Rename a torchvision- or timm-layout ResNet state dict to resnets' names.
+
+    timm's `resnetXXd` layout (deep stem, average-pool shortcuts) is recognised by its keys.
+    Keys with no resnets counterpart (timm's squeeze-excitation, say) keep their names, so
+    that loading reports them as unexpected.
+    """
+    deep_stem = "conv1.0.weight" in state
+    avg_down = any(".downsample.2." in key for key in state)
+    pairs = _layout(deep_stem, avg_down)
     renamed = {}
     for key, value in state.items():
-        new = _rename(key, _TORCHVISION_TO_RESNETS, -1)
+        new = _translate(key, pairs, to_reference=False)
         renamed[new if new is not None else key] = value
     return renamed
 
@@ -72,22 +107,39 @@ def from_torchvision(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
 def to_torchvision(model: ResNet) -> dict[str, torch.Tensor]:
     """The model's weights under torchvision's names, for `torchvision.models.resnetXX()`."""
     config = model.config
-    if config.preactivation or config.deep_stem or not config.residual:
+    if config.deep_stem or config.shortcut == "D":
         raise UsageError(
-            "only post-activation residual networks with the standard stem have a "
-            f"torchvision layout; this model has preactivation={config.preactivation}, "
-            f"deep_stem={config.deep_stem}, residual={config.residual}"
+            "torchvision has no deep stem or average-pool shortcut (option D); this model "
+            f"has deep_stem={config.deep_stem}, shortcut={config.shortcut!r}. Use "
+            "resnets.weights.to_timm for timm's resnetXXd layout."
         )
-    if config.shortcut in ("A", "D"):
+    return _to_reference(model, "torchvision")
+
+
+def to_timm(model: ResNet) -> dict[str, torch.Tensor]:
+    """The model's weights under timm's names (`resnet50`, and `resnet50d` for deep stems)."""
+    return _to_reference(model, "timm")
+
+
+def _to_reference(model: ResNet, library: str) -> dict[str, torch.Tensor]:
+    config = model.config
+    if config.preactivation or not config.residual:
         raise UsageError(
-            f"torchvision has no shortcut option {config.shortcut!r}; use a model with "
-            "shortcut 'B' or 'C'"
+            f"only post-activation residual networks have a {library} layout; this model has "
+            f"preactivation={config.preactivation}, residual={config.residual}"
         )
+    if config.shortcut not in ("B", "D") or config.convs_per_block != 2:
+        raise UsageError(
+            f"{library} builds projections only where the shape changes (option B or D) and "
+            f"basic blocks of 2 convs; this model has shortcut={config.shortcut!r}, "
+            f"convs_per_block={config.convs_per_block}"
+        )
+    pairs = _layout(config.deep_stem, config.shortcut == "D")
     state = {}
     for key, value in model.state_dict().items():
-        new = _rename(key, _RESNETS_TO_TORCHVISION, 1)
+        new = _translate(key, pairs, to_reference=True)
         if new is None:
-            raise UsageError(f"no torchvision name for parameter {key!r}")
+            raise UsageError(f"no {library} name for parameter {key!r}")
         state[new] = value.detach().clone()
     return state
 
@@ -100,7 +152,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise FileNotFoundError(f"no weights at {path}: expected a .safetensors, .pt or .pth file")
     if path.suffix == ".safetensors":
-        return load_file(path)
+        return _unwrap(load_file(path), path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # the unpickler refuses anything beyond plain tensors
@@ -124,9 +176,15 @@ def _unwrap(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
     ):
         raise DataError(f"{path} does not hold a state dict of tensors")
     state = dict(loaded)
-    for prefix in WRAPPER_PREFIXES:
-        while state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
+    # Wrappers nest in any order: a compiled DDP model saves `_orig_mod.module.`, a
+    # Lightning module holding a compiled model `model._orig_mod.`.
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                stripped = True
     return state
 
 
@@ -138,7 +196,7 @@ def load_weights(model: ResNet, path: str | Path) -> ResNet:
     Anything else that does not fit raises a `DataError` listing every difference.
     """
     state = read_state_dict(path)
-    if any(k.startswith("layer1.") for k in state):
+    if is_reference_layout(state):
         state = from_torchvision(state)
     own = model.state_dict()
     if "head.weight" in state and state["head.weight"].shape != own["head.weight"].shape:
@@ -169,17 +227,22 @@ def _check_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tenso
     ]
     if missing or unexpected or mismatched:
         parts = [
-            f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}" if missing else "",
-            f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
-            if unexpected
-            else "",
-            f"mismatched shapes {mismatched[:10]}" if mismatched else "",
+            _listing("missing keys", missing),
+            _listing("unexpected keys", unexpected),
+            _listing("mismatched shapes", mismatched),
         ]
         raise DataError(
             f"weights in {path} do not fit this model: "
             + "; ".join(p for p in parts if p)
             + ". Check that the model name and options match the ones the weights came from."
         )
+
+
+def _listing(what: str, items: list[str], limit: int = 10) -> str:
+    if not items:
+        return ""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return f"{len(items)} {what} ({', '.join(items[:limit])}{more})"
 
 
 def save_model_dir(

@@ -12,8 +12,8 @@ from torch import nn
 
 from .layers import (
     ConvNormAct,
-    NormActConv,
     Norm,
+    NormActConv,
     ProjectionShortcut,
     Shortcut,
     make_norm,
@@ -167,9 +167,7 @@ class PreActBlock(ResidualBlock):
                 NormActConv(width, out_channels, 1, norm=norm),
             ]
         else:
-            first = nn.Conv2d(
-                in_channels, width, 3, stride, 1, groups=groups, bias=norm == "none"
-            )
+            first = nn.Conv2d(in_channels, width, 3, stride, 1, groups=groups, bias=norm == "none")
             rest = [NormActConv(width, width, 3, 1, groups, norm) for _ in range(num_convs - 2)]
             rest.append(NormActConv(width, out_channels, 3, 1, groups, norm))
         self.branch = nn.Sequential(first, *rest)

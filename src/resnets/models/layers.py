@@ -118,9 +118,7 @@ class ProjectionShortcut(nn.Sequential):
         if avg_pool and stride > 1:
             self.pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
             stride = 1
-        self.conv = nn.Conv2d(
-            in_channels, out_channels, 1, stride=stride, bias=norm == "none"
-        )
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=norm == "none")
         self.norm = make_norm(norm, out_channels)
 
 

@@ -62,7 +62,9 @@ class ResNetConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; expected some of {sorted(known)}")
+            raise ValueError(
+                f"unknown model config keys {unknown}; expected some of {sorted(known)}"
+            )
         return cls(**values)
 
     @property
