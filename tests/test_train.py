@@ -1,0 +1,150 @@
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from resnets.cli.main import main
+from resnets.inference import Predictor
+from resnets.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory):
+    from conftest import make_image_folder
+
+    root = tmp_path_factory.mktemp("train")
+    folder = make_image_folder(root / "shapes", per_class=48)
+    config = TrainConfig(
+        model="resnet20",
+        data=f"folder:{folder}",
+        epochs=10,
+        batch_size=16,
+        lr=0.4,
+        val_size=16,
+        out=str(root / "runs"),
+        name="shapes",
+        progress_bar=False,
+        precision="32-true",
+        model_options={"zero_init_residual": False, "blocks_per_stage": (1, 1, 1)},
+    )
+    return train(config), folder
+
+
+def test_training_writes_the_run_directory(shapes_run):
+    result, _ = shapes_run
+    run = result.run_dir
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "curves.png",
+        "model/config.json",
+        "model/model.safetensors",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+    ):
+        assert (run / name).is_file(), name
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 11))
+    assert all(float(r["images_per_s"]) > 0 for r in rows)
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["class_names"] == ["circle", "square"]
+    assert config["preprocessing"]["image_size"] == [16, 16]
+
+
+def test_trained_model_predicts_files_with_their_class_names(shapes_run):
+    result, folder = shapes_run
+    files = sorted(folder.glob("*/*.png"))
+    predictions = Predictor(result.run_dir, precision="32-true").predict_files(files, top_k=2)
+    correct = sum(p.classes[0] == f.parent.name for p, f in zip(predictions, files, strict=True))
+    assert correct / len(files) >= 0.8
+    assert all(abs(sum(p.probabilities) - 1) < 1e-4 for p in predictions)
+
+
+def test_predict_cli_agrees_with_evaluate_cli(shapes_run, tmp_path, capsys):
+    result, folder = shapes_run
+    assert (
+        main(
+            ["evaluate", str(result.run_dir), "--data", f"folder:{folder}", "--out", str(tmp_path)]
+        )
+        == 0
+    )
+    evaluated = {
+        r["file"]: r["predicted"] for r in csv.DictReader(open(tmp_path / "predictions.csv"))
+    }
+    files = sorted(evaluated)[:10]
+    capsys.readouterr()
+    assert main(["predict", str(result.run_dir), *files, "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    assert {p["file"]: p["top"][0]["class"] for p in predicted} == {f: evaluated[f] for f in files}
+    assert (tmp_path / "confusion.png").stat().st_size > 0
+
+
+def test_same_seed_gives_the_same_run_on_cpu(tmp_path):
+    def run(name):
+        config = TrainConfig(
+            epochs=1,
+            batch_size=64,
+            out=str(tmp_path),
+            name=name,
+            progress_bar=False,
+            precision="32-true",
+            model="resnet20",
+        )
+        return train(config).rows[0]
+
+    first, second = run("a"), run("b")
+    assert first["train_loss"] == second["train_loss"]
+    assert first["val_acc"] == second["val_acc"]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--model", "resnet5O"], "resnet50"),
+        (["train", "--data", "imagenet:/x"], "folder:PATH"),
+        (["train", "--data", "folder:/no/such/folder"], "does not exist"),
+        (["evaluate", "/no/such/run"], "does not exist"),
+    ],
+)
+def test_user_errors_print_one_line_and_exit_non_zero(args, expected):
+    process = subprocess.run(
+        [sys.executable, "-m", "resnets", *args], capture_output=True, text=True, timeout=120
+    )
+    assert process.returncode in (1, 2)
+    assert expected in process.stderr
+    assert "Traceback" not in process.stderr
+    assert len(process.stderr.strip().splitlines()) == 1
+
+
+def test_empty_folder_and_single_class_folder_are_clear_errors(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--data", f"folder:{tmp_path / 'empty'}"]) == 1
+    assert "no class folders" in capsys.readouterr().err
+    from conftest import make_image_folder
+
+    make_image_folder(tmp_path / "one", classes=("only",), per_class=3)
+    assert main(["train", "--data", f"folder:{tmp_path / 'one'}"]) == 1
+    assert "at least 2" in capsys.readouterr().err
+
+
+def test_images_smaller_than_the_model_shrinks_name_the_smallest_size(tmp_path, capsys):
+    from conftest import make_image_folder
+
+    make_image_folder(tmp_path / "tiny", per_class=3, size=8)
+    code = main(
+        [
+            "train",
+            "--model",
+            "resnet18",
+            "--data",
+            f"folder:{tmp_path / 'tiny'}",
+            "--out",
+            str(tmp_path / "runs"),
+        ]
+    )
+    assert code == 2
+    assert "at least 32x32" in capsys.readouterr().err
+    assert torch.get_num_threads() >= 1
