@@ -44,6 +44,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sync-batchnorm", action="store_true")
     parser.add_argument("--out", default="runs", help="folder that holds run directories")
     parser.add_argument("--name", help="run directory name (default: model-data-time)")
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=500,
+        help="optimiser steps between mid-epoch checkpoints (0: epoch ends only)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue an interrupted run from its newest checkpoint, with the "
+        "settings it started with (--epochs may extend it)",
+    )
 
 
 def _devices(value: str) -> int | str:
@@ -62,15 +74,18 @@ def print_epoch(row: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import TrainConfig, train
+    from ..train import TrainConfig, resume, train
     from .main import quiet_lightning
 
     quiet_lightning()
 
-    names = {f for f in vars(TrainConfig()) if hasattr(args, f)}
-    config = TrainConfig(**{name: getattr(args, name) for name in names})
-    config.progress_bar = sys.stderr.isatty()
-    result = train(config, report=print_epoch)
+    if args.resume:
+        result = resume(args.resume, report=print_epoch, epochs=args.epochs)
+    else:
+        names = {f for f in vars(TrainConfig()) if hasattr(args, f)}
+        config = TrainConfig(**{name: getattr(args, name) for name in names})
+        config.progress_bar = sys.stderr.isatty()
+        result = train(config, report=print_epoch)
     print(
         f"{result.held_out_name} accuracy {100 * result.accuracy:.2f}% after "
         f"{len(result.rows)} epochs in {result.seconds:.0f}s; run saved to {result.run_dir}"

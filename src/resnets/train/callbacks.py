@@ -1,6 +1,8 @@
 """Callbacks: the per-epoch metrics row (CSV, curves, report) and throughput timing."""
 
 import csv
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +33,7 @@ class EpochMetrics(L.Callback):
         self.path = Path(run_dir) / "metrics.csv"
         self.report = report
         self.rows: list[dict] = []
+        self.on_train_epoch_start(None, None)  # a run resumed mid-epoch starts here
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.images, self.started, self.train_seconds = 0, time.perf_counter(), 0.0
@@ -56,12 +59,58 @@ class EpochMetrics(L.Callback):
             self.report(row)
 
     def _append(self, row: dict) -> None:
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as stream:
+        """Add the row, dropping rows of this epoch or later left by an interrupted run."""
+        kept = []
+        if self.path.exists():
+            with open(self.path, newline="") as stream:
+                kept = [r for r in csv.DictReader(stream) if int(r["epoch"]) < row["epoch"]]
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as stream:
             writer = csv.DictWriter(stream, fieldnames=METRIC_COLUMNS)
-            if new:
-                writer.writeheader()
+            writer.writeheader()
+            writer.writerows(kept)
             writer.writerow({k: _fmt(v) for k, v in row.items()})
+        tmp.replace(self.path)
+
+
+class GracefulStop(L.Callback):
+    """On Ctrl-C or SIGTERM, finish the current step and save `interrupted.ckpt`.
+
+    Lightning turns SIGTERM into an exception at the next step boundary; Ctrl-C is turned
+    into the same here, so the checkpoint never holds a half-applied optimiser step.
+    A second Ctrl-C stops at once.
+    """
+
+    def __init__(self, checkpoint: Path) -> None:
+        self.checkpoint = Path(checkpoint)
+        self.requested = False
+        self._previous = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._request)
+
+    def _request(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt | SystemExit):
+            trainer.save_checkpoint(self.checkpoint)
+        self._restore()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def _fmt(value) -> str:

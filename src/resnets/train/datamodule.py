@@ -1,5 +1,7 @@
 """Batches straight from in-memory uint8 tensors, sharded across data-parallel ranks."""
 
+from collections.abc import Callable
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -42,9 +44,14 @@ class BatchIndexSampler(Sampler[torch.Tensor]):
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.resume_epoch, self.resume_batches = -1, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Skip the batches an interrupted epoch already trained on when it runs again."""
+        self.resume_epoch, self.resume_batches = epoch, batches_done
 
     def _indices(self) -> torch.Tensor:
         if not self.shuffle:
@@ -54,19 +61,36 @@ class BatchIndexSampler(Sampler[torch.Tensor]):
         per_rank = self.size // self.world_size
         return order[self.rank * per_rank : (self.rank + 1) * per_rank]
 
+    def _batches(self) -> list[torch.Tensor]:
+        batches = list(self._indices().split(self.batch_size))
+        if self.shuffle and len(batches) > 1 and len(batches[-1]) == 1:
+            batches.pop()
+        return batches
+
     def __iter__(self):
-        batches = self._indices().split(self.batch_size)
-        for batch in batches:
-            if self.shuffle and len(batch) == 1 and len(batches) > 1:
-                continue
-            yield batch
+        batches = self._batches()
+        if self.epoch == self.resume_epoch:
+            batches = batches[self.resume_batches :]
+            self.resume_epoch = -1
+        yield from batches
 
     def __len__(self) -> int:
-        share = len(self._indices())
-        full, rest = divmod(share, self.batch_size)
-        if self.shuffle and rest == 1 and full > 0:
-            return full
-        return full + (rest > 0)
+        return len(self._batches())
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose state (epoch, batches done) Lightning saves in each checkpoint,
+    so a run resumed mid-epoch trains on the rest of that epoch, not on its start again."""
+
+    def __init__(self, dataset, sampler: BatchIndexSampler, batches_done: Callable[[], int]):
+        super().__init__(dataset, sampler=sampler, batch_size=None, num_workers=0)
+        self.batches_done = batches_done
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches_done": self.batches_done()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume_at(state["epoch"], state["batches_done"])
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -80,6 +104,9 @@ class ImageDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
 
+    def _batches_done(self) -> int:
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+
     def _loader(self, split: ImageSet, shuffle: bool) -> DataLoader:
         rank, world_size = self._rank()
         sampler = BatchIndexSampler(
@@ -90,6 +117,8 @@ class ImageDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world_size,
         )
+        if shuffle:
+            return ResumableLoader(_Batches(split), sampler, self._batches_done)
         return DataLoader(_Batches(split), sampler=sampler, batch_size=None, num_workers=0)
 
     def train_dataloader(self) -> DataLoader:

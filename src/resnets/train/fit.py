@@ -20,7 +20,7 @@ from ..data.datasets import Dataset, load_dataset, parse_spec
 from ..errors import TrainingError, UsageError
 from ..models.registry import create_model, model_entry
 from ..weights import save_model_dir
-from .callbacks import EpochMetrics, plot_curves
+from .callbacks import EpochMetrics, GracefulStop, plot_curves, read_metrics
 from .datamodule import ImageDataModule
 from .module import ClassifierModule
 from .recipes import Recipe, default_recipe
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 warnings.filterwarnings("ignore", message=".*litlogger.*")
+warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 CONFIG_FILE = "config.yaml"
 
@@ -65,6 +66,7 @@ class TrainConfig:
     out: str = "runs"
     name: str | None = None
     progress_bar: bool = True
+    checkpoint_every: int = 500  # optimiser steps between mid-epoch checkpoints; 0 for none
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -187,6 +189,16 @@ def make_trainer(config: TrainConfig, recipe: Recipe, run_dir: Path, callbacks: 
         save_last=True,
         enable_version_counter=False,
     )
+    if config.checkpoint_every:
+        callbacks = [
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="step",
+                every_n_train_steps=config.checkpoint_every,
+                enable_version_counter=False,
+            ),
+            *callbacks,
+        ]
     if config.progress_bar:
         callbacks = [_EpochBar(), *callbacks]
     multi = config.num_nodes > 1 or (isinstance(config.devices, int) and config.devices > 1)
@@ -232,55 +244,92 @@ def train(
     config: TrainConfig,
     report: Callable[[dict], None] | None = None,
     dataset: Dataset | None = None,
+    callbacks: list[L.Callback] | None = None,
 ) -> TrainResult:
     """Train `config.model` on `config.data` and write a run directory (see DESIGN.md)."""
+    resolve_recipe(config)  # fail on bad settings and names before reading any data
+    model_entry(config.model)
+    dataset = dataset or _load(config)
+    run_dir = make_run_dir(config)
+    return _fit(config, dataset, run_dir, None, report, callbacks)
+
+
+def resume(
+    run_dir: str | Path,
+    report: Callable[[dict], None] | None = None,
+    epochs: int | None = None,
+    callbacks: list[L.Callback] | None = None,
+) -> TrainResult:
+    """Continue an interrupted run from its newest checkpoint, with every state restored:
+    model, optimiser, schedule, step, epoch, precision scaler, data order and RNG."""
+    run_dir = Path(run_dir)
+    record = read_run_config(run_dir)
+    config = TrainConfig.from_dict(record["train"])
+    config.progress_bar = report is not None and config.progress_bar
+    if epochs is not None:
+        config.epochs = epochs
+    checkpoint = latest_checkpoint(run_dir)
+    log.info("resuming %s from %s", run_dir, checkpoint)
+    return _fit(config, _load(config), run_dir, checkpoint, report, callbacks)
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The most recently written of the run's epoch, step and interrupt checkpoints."""
+    found = [
+        run_dir / "checkpoints" / f"{name}.ckpt"
+        for name in ("last", "step", "interrupted")
+        if (run_dir / "checkpoints" / f"{name}.ckpt").is_file()
+    ]
+    if not found:
+        raise TrainingError(
+            f"{run_dir} has no checkpoint to resume from; start it again with resnets train"
+        )
+    return max(found, key=lambda path: path.stat().st_mtime_ns)
+
+
+def _load(config: TrainConfig) -> Dataset:
+    return load_dataset(
+        config.data,
+        image_size=config.image_size,
+        channels=config.channels,
+        val_size=config.val_size,
+        seed=config.seed,
+        download=config.download,
+        strict=config.strict,
+    )
+
+
+def _fit(
+    config: TrainConfig,
+    dataset: Dataset,
+    run_dir: Path,
+    checkpoint: Path | None,
+    report: Callable[[dict], None] | None,
+    callbacks: list[L.Callback] | None,
+) -> TrainResult:
     started = time.perf_counter()
     recipe = resolve_recipe(config)
-    model_entry(config.model)  # fail on a bad name before reading any data
     L.seed_everything(config.seed, workers=True, verbose=False)
-    if dataset is None:
-        dataset = load_dataset(
-            config.data,
-            image_size=config.image_size,
-            channels=config.channels,
-            val_size=config.val_size,
-            seed=config.seed,
-            download=config.download,
-            strict=config.strict,
-        )
-    run_dir = make_run_dir(config)
     metrics = EpochMetrics(run_dir, report)
-    trainer = make_trainer(config, recipe, run_dir, [metrics])
+    stop = GracefulStop(run_dir / "checkpoints" / "interrupted.ckpt")
+    trainer = make_trainer(config, recipe, run_dir, [metrics, stop, *(callbacks or [])])
     module = build_module(config, dataset, recipe, trainer.world_size)
     preprocessing = preprocessing_of(dataset)
-    if trainer.is_global_zero:
-        write_run_config(
-            run_dir,
-            config,
-            recipe,
-            {
-                "precision": str(trainer.precision),
-                "world_size": trainer.world_size,
-                "per_device_batch_size": recipe.batch_size // trainer.world_size,
-                "peak_lr": recipe.peak_lr(recipe.batch_size),
-                "dataset": {
-                    "train_size": len(dataset.train),
-                    "held_out_size": len(dataset.held_out),
-                    "held_out": dataset.held_out_name,
-                    **preprocessing,
-                },
-                "class_names": dataset.class_names,
-            },
-        )
+    if trainer.is_global_zero and checkpoint is None:
+        write_run_config(run_dir, config, recipe, _run_facts(trainer, recipe, dataset))
     if config.compile:
         module.model = torch.compile(module.model)
     datamodule = ImageDataModule(dataset, recipe.batch_size // trainer.world_size, config.seed)
-    trainer.fit(module, datamodule=datamodule)
-    if trainer.interrupted:
-        raise TrainingError(f"training was interrupted; continue it with --resume {run_dir}")
-    model = getattr(module.model, "_orig_mod", module.model).to(
-        memory_format=torch.contiguous_format
-    )
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
+    except SystemExit as stopped:  # Ctrl-C or SIGTERM, after Lightning's own clean-up
+        raise TrainingError(
+            f"training stopped by a signal at epoch {trainer.current_epoch + 1}, step "
+            f"{trainer.global_step}; checkpoint saved. Continue with: resnets train --resume "
+            f"{run_dir}"
+        ) from stopped
+    model = getattr(module.model, "_orig_mod", module.model)
+    model = model.to(memory_format=torch.contiguous_format)
     if trainer.is_global_zero:
         save_model_dir(
             model,
@@ -292,11 +341,29 @@ def train(
         plot_curves(
             run_dir / "metrics.csv", run_dir / "curves.png", f"{config.model} on {config.data}"
         )
-    rows = metrics.rows
+    rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
     accuracy = rows[-1]["val_acc"] if rows else float("nan")
     return TrainResult(
         run_dir, rows, accuracy, dataset.held_out_name, time.perf_counter() - started
     )
+
+
+def _run_facts(trainer: L.Trainer, recipe: Recipe, dataset: Dataset) -> dict[str, Any]:
+    return {
+        "precision": str(trainer.precision),
+        "world_size": trainer.world_size,
+        "global_batch_size": recipe.batch_size,
+        "per_device_batch_size": recipe.batch_size // trainer.world_size,
+        "lr_scaling": "linear: peak_lr = lr * global_batch_size / 128",
+        "peak_lr": recipe.peak_lr(recipe.batch_size),
+        "dataset": {
+            "train_size": len(dataset.train),
+            "held_out_size": len(dataset.held_out),
+            "held_out": dataset.held_out_name,
+            **preprocessing_of(dataset),
+        },
+        "class_names": dataset.class_names,
+    }
 
 
 def preprocessing_of(dataset: Dataset) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..data.augment import normalize, random_crop_flip
+from ..errors import TrainingError
 from ..models.resnet import ResNet
 from .recipes import Recipe
 
@@ -67,6 +68,12 @@ class ClassifierModule(L.LightningModule):
         images, labels = batch
         logits = self.model(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.recipe.label_smoothing)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss.item()} at step {self.global_step} (epoch "
+                f"{self.current_epoch + 1}); the last good checkpoint is kept. Lower --lr, add "
+                "--warmup-epochs, or train in float32 with --precision 32-true"
+            )
         self.train_accuracy(logits.detach(), labels)
         self.log(
             "train_loss", loss, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=True
@@ -85,6 +92,19 @@ class ClassifierModule(L.LightningModule):
         )
         self.log("val_acc", self.val_accuracy, on_step=False, on_epoch=True)
         self.log("val_top5", self.val_top5, on_step=False, on_epoch=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Augmentation draws from the global generator: resuming must continue its stream.
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("rng_state", {})
+        if "torch" in state:
+            torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
 
     def configure_optimizers(self):
         recipe = self.recipe

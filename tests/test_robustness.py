@@ -1,0 +1,279 @@
+"""Messy files, interrupted runs, unsafe pickles, diverging losses: nothing lost or unsafe."""
+
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from resnets.data import decode_image, load_dataset
+from resnets.errors import DataError, TrainingError
+from resnets.train import TrainConfig, resume, train
+from resnets.weights import load_weights
+
+
+def _gradient(size=(40, 30)):
+    x = np.linspace(0, 255, size[0])[None, :] * np.ones((size[1], 1))
+    y = np.linspace(255, 0, size[1])[:, None] * np.ones((1, size[0]))
+    return np.stack([x, y, (x + y) / 2], -1).astype(np.uint8)
+
+
+def write_every_kind(folder):
+    """One readable image of each mode and format a camera or editor produces, and the
+    unreadable files a real collection holds. Returns (readable, unreadable) names."""
+    rgb = Image.fromarray(_gradient())
+    good = folder / "good"
+    good.mkdir(parents=True)
+    rgb.save(good / "rgb.jpg", quality=95)
+    rgb.convert("L").save(good / "grey.png")
+    rgb.convert("1").save(good / "bilevel.png")
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(good / "palette.png")
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE).save(good / "palette.gif")
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.fromarray(_gradient()[:, :, 0]))
+    rgba.save(good / "alpha.png")
+    rgba.convert("LA").save(good / "grey_alpha.png")
+    rgb.convert("CMYK").save(good / "cmyk.jpg")
+    rgb.save(good / "image.bmp")
+    rgb.save(good / "image.tiff")
+    rgb.save(good / "image.webp", lossless=True)
+    deep = (np.asarray(rgb.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(deep).save(good / "sixteen_bit.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: a phone held upright
+    rgb.save(good / "rotated.jpg", exif=exif, quality=95)
+    bad = folder / "bad"
+    bad.mkdir()
+    (bad / "empty.jpg").write_bytes(b"")
+    buffer = io.BytesIO()
+    rgb.save(buffer, "PNG")
+    (bad / "truncated.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    (bad / "notes.png").write_text("not an image")
+    (bad / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    for i in range(4):  # the class still needs readable images
+        rgb.rotate(90 * i).save(bad / f"ok{i}.png")
+    readable = sorted(p.name for p in good.iterdir()) + [f"ok{i}.png" for i in range(4)]
+    return readable, ["empty.jpg", "truncated.png", "notes.png"]
+
+
+def reference_pixels(path, size=32):
+    """What Pillow shows for the file, composited on white, fitted to size x size."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I;16", "I"):
+            array = np.asarray(image, dtype=np.float64) / 65535 * 255
+            image = Image.fromarray((array + 0.5).astype(np.uint8))
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        shown = Image.alpha_composite(white, rgba).convert("RGB")
+    shown = ImageOps.fit(shown, (size, size), method=Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.asarray(shown).copy()).permute(2, 0, 1)
+
+
+def test_every_kind_of_file_decodes_as_pillow_shows_it_and_bad_ones_are_listed(tmp_path, caplog):
+    readable, unreadable = write_every_kind(tmp_path / "mixed")
+    for path in (tmp_path / "mixed").glob("*/*"):
+        if path.name in readable:
+            tensor = decode_image(path, 3, (32, 32))
+            assert tensor.shape == (3, 32, 32) and tensor.dtype == torch.uint8
+            difference = (tensor.int() - reference_pixels(path).int()).abs().max()
+            assert difference <= 1, path.name
+    with caplog.at_level(logging.WARNING):
+        dataset = load_dataset(f"folder:{tmp_path / 'mixed'}", image_size=32, val_size=4)
+    message = " ".join(r.getMessage() for r in caplog.records)
+    assert "3 unreadable" in message
+    assert all(name in message for name in unreadable)
+    assert len(dataset.train) + len(dataset.held_out) == len(readable)
+    result = train(
+        TrainConfig(
+            data=f"folder:{tmp_path / 'mixed'}",
+            image_size=32,
+            val_size=4,
+            epochs=1,
+            batch_size=4,
+            out=str(tmp_path / "runs"),
+            progress_bar=False,
+        ),
+        dataset=dataset,
+    )
+    assert (result.run_dir / "model" / "model.safetensors").is_file()
+
+
+def test_strict_refuses_a_folder_with_unreadable_files(tmp_path):
+    write_every_kind(tmp_path / "mixed")
+    with pytest.raises(DataError, match="--strict"):
+        load_dataset(f"folder:{tmp_path / 'mixed'}", strict=True)
+
+
+def test_rotated_jpeg_is_shown_upright(tmp_path):
+    write_every_kind(tmp_path / "mixed")
+    tensor = decode_image(tmp_path / "mixed" / "good" / "rotated.jpg", 3)
+    assert tensor.shape == (3, 40, 30)  # 40 wide, 30 high, turned on its side
+
+
+def _config(tmp_path, name, **changes):
+    values = dict(
+        model="resnet20",
+        epochs=3,
+        batch_size=64,
+        out=str(tmp_path),
+        name=name,
+        progress_bar=False,
+        precision="32-true",
+        checkpoint_every=0,
+    )
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+class _SignalAfterEpoch(L.Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    digits = load_dataset("digits")
+    digits.train = digits.train.subset(torch.arange(640))
+    whole = train(_config(tmp_path, "whole"), dataset=digits)
+    with pytest.raises(TrainingError, match="--resume"):
+        train(_config(tmp_path, "cut"), dataset=digits, callbacks=[_SignalAfterEpoch(0)])
+    assert (tmp_path / "cut" / "checkpoints" / "interrupted.ckpt").is_file()
+    original = torch.utils.data.Subset  # resume reloads the data itself: give it the subset
+    resumed = _resume_with(tmp_path / "cut", digits)
+    assert torch.utils.data.Subset is original
+    from safetensors.torch import load_file
+
+    expected = load_file(whole.run_dir / "model" / "model.safetensors")
+    actual = load_file(resumed.run_dir / "model" / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    assert [r["epoch"] for r in resumed.rows] == [1, 2, 3]
+
+
+def _resume_with(run_dir, dataset):
+    from resnets.train import fit
+
+    load = fit._load
+    fit._load = lambda config: dataset
+    try:
+        return resume(run_dir)
+    finally:
+        fit._load = load
+
+
+def test_sigkill_mid_epoch_then_resume_repeats_only_the_steps_since_the_checkpoint(tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "resnets",
+        "train",
+        "--model",
+        "resnet56",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--checkpoint-every",
+        "8",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "killed",
+        "--precision",
+        "32-true",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    step_checkpoint = tmp_path / "killed" / "checkpoints" / "step.ckpt"
+    deadline = time.time() + 300
+    while not step_checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert step_checkpoint.exists(), process.stderr.read().decode()
+    saved = torch.load(step_checkpoint, weights_only=True)
+    assert saved["epoch"] == 0 and saved["global_step"] % 8 == 0
+    finished = subprocess.run(
+        [sys.executable, "-m", "resnets", "train", "--resume", str(tmp_path / "killed")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert finished.returncode == 0, finished.stderr
+    last = torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=True)
+    steps_per_epoch = 1437 // 32 + 1  # 44 full batches and one of 29
+    assert last["global_step"] == 2 * steps_per_epoch  # no batch trained twice or skipped
+    assert (tmp_path / "killed" / "model" / "model.safetensors").is_file()
+
+
+class _PoisonWeights(L.Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            with torch.no_grad():
+                pl_module.model.head.weight.fill_(float("nan"))
+
+
+def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    digits = load_dataset("digits")
+    digits.train = digits.train.subset(torch.arange(256))
+    with pytest.raises(TrainingError, match=r"at step \d+ \(epoch 2\).*--lr"):
+        train(_config(tmp_path, "nan"), dataset=digits, callbacks=[_PoisonWeights()])
+    last = torch.load(tmp_path / "nan" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 0
+    assert all(
+        torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
+    )
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_the_code_never_runs(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"state_dict": {"head.weight": Payload()}}, tmp_path / "evil.pth")
+    from resnets import create_model
+
+    with pytest.raises(DataError, match="could run code"):
+        load_weights(create_model("resnet20"), tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "args, code, expected",
+    [
+        (["train", "--resume", "/no/such/run"], 1, "no run at"),
+        (["predict", "/no/such/run", "x.png"], 1, "does not exist"),
+        (["train", "--epochs", "0"], 2, "--epochs must be at least 1"),
+        (["train", "--data", "digts"], 2, "Did you mean 'digits'"),
+    ],
+)
+def test_cli_errors_are_one_line_with_the_right_exit_code(args, code, expected):
+    process = subprocess.run(
+        [sys.executable, "-m", "resnets", *args], capture_output=True, text=True, timeout=120
+    )
+    assert process.returncode == code
+    assert expected in process.stderr
+    assert len(process.stderr.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_traceback():
+    process = subprocess.run(
+        [sys.executable, "-m", "resnets", "--debug", "train", "--epochs", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode != 0 and "Traceback" in process.stderr
