@@ -2,6 +2,10 @@
 
 import argparse
 import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import yaml
 
 HELP = "train a ResNet (default: resnet20 on the bundled digits)"
 
@@ -51,6 +55,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="optimiser steps between mid-epoch checkpoints (0: epoch ends only)",
     )
     parser.add_argument(
+        "--set",
+        dest="model_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model option (any ResNetConfig field), e.g. --set zero_init_residual=false",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read settings from YAML (a run's config.yaml or --print-config output); "
+        "flags given on the command line override it",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved settings as YAML, exit"
+    )
+    parser.set_defaults(parser=parser)
+    parser.add_argument(
         "--resume",
         metavar="RUN",
         help="continue an interrupted run from its newest checkpoint, with the "
@@ -73,8 +95,51 @@ def print_epoch(row: dict) -> None:
     )
 
 
+def config_from_args(args: argparse.Namespace):
+    """Settings from --config, overridden by every flag whose value is not its default."""
+    from ..errors import UsageError
+    from ..train import TrainConfig
+
+    values = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise UsageError(
+                f"{path} should hold a mapping of settings, got {type(loaded).__name__}"
+            )
+        values = loaded.get("train", loaded)  # a run's config.yaml nests them under "train"
+    options = dict(values.get("model_options") or {})
+    options.update(parse_options(args.model_options))
+    for name in (f.name for f in fields(TrainConfig)):
+        if name == "model_options" or not hasattr(args, name):
+            continue
+        given = getattr(args, name)
+        if name not in values or given != args.parser.get_default(name):
+            values[name] = given
+    values["model_options"] = options
+    values["progress_bar"] = sys.stderr.isatty()
+    return TrainConfig.from_dict(values)
+
+
+def parse_options(pairs: list[str]) -> dict:
+    from ..errors import UsageError
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(
+                f"--set expects KEY=VALUE, such as zero_init_residual=false; got {pair!r}"
+            )
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..train import TrainConfig, resume, train
+    from ..train import resume, train
     from .main import quiet_lightning
 
     quiet_lightning()
@@ -82,10 +147,13 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         result = resume(args.resume, report=print_epoch, epochs=args.epochs)
     else:
-        names = {f for f in vars(TrainConfig()) if hasattr(args, f)}
-        config = TrainConfig(**{name: getattr(args, name) for name in names})
-        config.progress_bar = sys.stderr.isatty()
+        config = config_from_args(args)
+        if args.print_config:
+            print(yaml.safe_dump(asdict(config), sort_keys=False), end="")
+            return 0
         result = train(config, report=print_epoch)
+    if not result.is_global_zero:
+        return 0
     print(
         f"{result.held_out_name} accuracy {100 * result.accuracy:.2f}% after "
         f"{len(result.rows)} epochs in {result.seconds:.0f}s; run saved to {result.run_dir}"

@@ -1,6 +1,7 @@
 """Callbacks: the per-epoch metrics row (CSV, curves, report) and throughput timing."""
 
 import csv
+import json
 import signal
 import threading
 import time
@@ -8,6 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
+import torch
+
+from ..errors import TrainingError
 
 METRIC_COLUMNS = [
     "epoch",
@@ -145,3 +149,35 @@ def plot_curves(metrics_csv: Path, out: Path, title: str) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+class ReplicaCheck(L.Callback):
+    """At the end of data-parallel training, check that every rank holds the same weights
+    and count the validation images each rank evaluated; rank zero writes both to JSON.
+
+    Replicas that drifted apart (a desynchronised buffer, say) fail the run loudly instead
+    of saving one rank's model as if it were everyone's.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.world_size == 1:
+            return
+        tensors = [t.detach().double() for t in pl_module.model.state_dict().values()]
+        checksum = torch.stack([sum(t.sum() for t in tensors), sum((t * t).sum() for t in tensors)])
+        seen = torch.tensor([pl_module.val_images_seen], dtype=torch.float64)
+        gathered = pl_module.all_gather(torch.cat([checksum, seen]).to(pl_module.device))
+        rows = gathered.cpu().tolist()
+        identical = all(row[:2] == rows[0][:2] for row in rows)
+        if trainer.is_global_zero:
+            report = {
+                "world_size": trainer.world_size,
+                "checksums": [row[:2] for row in rows],
+                "identical": identical,
+                "val_images_per_rank": [int(row[2]) for row in rows],
+            }
+            self.path.write_text(json.dumps(report, indent=2) + "\n")
+        if not identical:
+            raise TrainingError(f"the ranks' weights differ at the end of training: {rows}")

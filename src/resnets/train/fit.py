@@ -1,6 +1,7 @@
 """`train`: from a `TrainConfig` to a finished run directory."""
 
 import logging
+import os
 import platform
 import time
 import warnings
@@ -20,7 +21,7 @@ from ..data.datasets import Dataset, load_dataset, parse_spec
 from ..errors import TrainingError, UsageError
 from ..models.registry import create_model, model_entry
 from ..weights import save_model_dir
-from .callbacks import EpochMetrics, GracefulStop, plot_curves, read_metrics
+from .callbacks import EpochMetrics, GracefulStop, ReplicaCheck, plot_curves, read_metrics
 from .datamodule import ImageDataModule
 from .module import ClassifierModule
 from .recipes import Recipe, default_recipe
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 warnings.filterwarnings("ignore", message=".*litlogger.*")
+warnings.filterwarnings("ignore", message=".*nn.functional.all_gather is deprecated.*")
 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 CONFIG_FILE = "config.yaml"
@@ -84,6 +86,7 @@ class TrainResult:
     accuracy: float
     held_out_name: str
     seconds: float
+    is_global_zero: bool = True  # False in the other processes of a data-parallel run
 
 
 def resolve_recipe(config: TrainConfig) -> Recipe:
@@ -100,7 +103,26 @@ def resolve_recipe(config: TrainConfig) -> Recipe:
     return default_recipe(kind, **{n: getattr(config, n) for n in names})
 
 
+RUN_DIR_VARIABLE = "RESNETS_RUN_DIR"  # hands rank zero's run directory to the other ranks
+
+
+def _launched_rank_zero() -> bool:
+    """Whether this process is rank zero, read from what launchers set before any training."""
+    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 def make_run_dir(config: TrainConfig) -> Path:
+    """Create the run directory on rank zero; the other ranks of a data-parallel run get
+    the same path, from rank zero (Lightning's launcher) or from `--name` (torchrun, SLURM)."""
+    if not _launched_rank_zero():
+        if RUN_DIR_VARIABLE in os.environ:
+            return Path(os.environ[RUN_DIR_VARIABLE])
+        if config.name is None:
+            raise UsageError(
+                "a run started by torchrun or SLURM needs --name, so that every process "
+                "writes to the same run directory"
+            )
+        return Path(config.out) / config.name
     kind, _ = parse_spec(config.data)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(config.out) / (config.name or f"{config.model}-{kind}-{stamp}")
@@ -110,6 +132,7 @@ def make_run_dir(config: TrainConfig) -> Path:
             f"continue it with --resume {run_dir}"
         )
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    os.environ[RUN_DIR_VARIABLE] = str(run_dir.resolve())
     return run_dir
 
 
@@ -312,7 +335,8 @@ def _fit(
     L.seed_everything(config.seed, workers=True, verbose=False)
     metrics = EpochMetrics(run_dir, report)
     stop = GracefulStop(run_dir / "checkpoints" / "interrupted.ckpt")
-    trainer = make_trainer(config, recipe, run_dir, [metrics, stop, *(callbacks or [])])
+    extra = [metrics, stop, ReplicaCheck(run_dir / "replicas.json"), *(callbacks or [])]
+    trainer = make_trainer(config, recipe, run_dir, extra)
     module = build_module(config, dataset, recipe, trainer.world_size)
     preprocessing = preprocessing_of(dataset)
     if trainer.is_global_zero and checkpoint is None:
@@ -344,7 +368,12 @@ def _fit(
     rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
     accuracy = rows[-1]["val_acc"] if rows else float("nan")
     return TrainResult(
-        run_dir, rows, accuracy, dataset.held_out_name, time.perf_counter() - started
+        run_dir,
+        rows,
+        accuracy,
+        dataset.held_out_name,
+        time.perf_counter() - started,
+        trainer.is_global_zero,
     )
 
 

@@ -52,6 +52,7 @@ class ClassifierModule(L.LightningModule):
         self.train_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+        self.val_images_seen = 0  # on this rank, in the latest validation
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
 
@@ -81,8 +82,12 @@ class ClassifierModule(L.LightningModule):
         self.log("train_acc", self.train_accuracy, on_step=False, on_epoch=True)
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_images_seen = 0
+
     def validation_step(self, batch, batch_idx: int) -> None:
         images, labels = batch
+        self.val_images_seen += len(labels)
         logits = self.model(images)
         loss = F.cross_entropy(logits, labels)
         self.val_accuracy(logits, labels)

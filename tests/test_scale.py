@@ -1,0 +1,65 @@
+"""Data-parallel training on the CPU, and runs repeated from their YAML config."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _train(tmp_path, *args):
+    command = [
+        sys.executable,
+        "-m",
+        "resnets",
+        "train",
+        "--out",
+        str(tmp_path),
+        "--precision",
+        "32-true",
+        "--set",
+        "zero_init_residual=false",
+        *args,
+    ]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert process.returncode == 0, process.stderr
+    return process
+
+
+def _rows(run_dir):
+    return list(csv.DictReader(open(run_dir / "metrics.csv")))
+
+
+def test_two_processes_agree_count_each_test_image_once_and_match_one_process(tmp_path):
+    process = _train(
+        tmp_path, "--devices", "2", "--accelerator", "cpu", "--epochs", "2", "--name", "two"
+    )
+    assert process.stdout.count("accuracy") == 1  # rank zero alone reports
+    replicas = json.loads((tmp_path / "two" / "replicas.json").read_text())
+    assert replicas["world_size"] == 2 and replicas["identical"]
+    assert sum(replicas["val_images_per_rank"]) == 360  # the digits test split, once each
+    _train(tmp_path, "--epochs", "2", "--name", "one")
+    two, one = _rows(tmp_path / "two")[-1], _rows(tmp_path / "one")[-1]
+    assert abs(float(two["val_acc"]) - float(one["val_acc"])) < 0.15
+    config = (tmp_path / "two" / "config.yaml").read_text()
+    assert "global_batch_size: 64" in config and "per_device_batch_size: 32" in config
+
+
+def test_config_file_reproduces_a_run(tmp_path):
+    _train(tmp_path, "--epochs", "1", "--name", "first", "--batch-size", "128")
+    _train(tmp_path, "--config", str(tmp_path / "first" / "config.yaml"), "--name", "again")
+    first, again = _rows(tmp_path / "first"), _rows(tmp_path / "again")
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert [r[key] for r in first] == [r[key] for r in again]
+
+
+@pytest.mark.parametrize("bad", ["zero_init_residual", "=3"])
+def test_bad_model_option_is_a_usage_error(bad):
+    process = subprocess.run(
+        [sys.executable, "-m", "resnets", "train", "--set", bad],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.returncode == 2 and "KEY=VALUE" in process.stderr
