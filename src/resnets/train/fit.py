@@ -108,7 +108,8 @@ RUN_DIR_VARIABLE = "RESNETS_RUN_DIR"  # hands rank zero's run directory to the o
 
 def _launched_rank_zero() -> bool:
     """Whether this process is rank zero, read from what launchers set before any training."""
-    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    names = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    return all(os.environ.get(name, "0") == "0" for name in names)
 
 
 def make_run_dir(config: TrainConfig) -> Path:
