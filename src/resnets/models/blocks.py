@@ -44,6 +44,13 @@ class ResidualBlock(nn.Module):
         nn.init.zeros_(weight)
         return True
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """y = relu(F(x) + shortcut(x)); pre-activation blocks override this."""
+        out = self.branch(x)
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)  # not in-place: autograd keeps `out` for the norm
+        return self.act(out)
+
     @property
     def is_identity_block(self) -> bool:
         return isinstance(self.shortcut, nn.Identity)
@@ -84,12 +91,6 @@ class BasicBlock(ResidualBlock):
         )
         self.act = nn.ReLU(inplace=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.branch(x)
-        if self.shortcut is not None:
-            out = out + self.shortcut(x)  # not in-place: autograd keeps `out` for the norm
-        return self.act(out)
-
 
 class Bottleneck(ResidualBlock):
     """1x1 reduce, 3x3, 1x1 expand (He et al. 2015, Fig. 5 right), then add and ReLU.
@@ -125,12 +126,6 @@ class Bottleneck(ResidualBlock):
             make_shortcut(shortcut, in_channels, out_channels, stride, norm) if residual else None
         )
         self.act = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.branch(x)
-        if self.shortcut is not None:
-            out = out + self.shortcut(x)
-        return self.act(out)
 
 
 class PreActBlock(ResidualBlock):
