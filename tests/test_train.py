@@ -148,3 +148,27 @@ def test_images_smaller_than_the_model_shrinks_name_the_smallest_size(tmp_path, 
     assert code == 2
     assert "at least 32x32" in capsys.readouterr().err
     assert torch.get_num_threads() >= 1
+
+
+def test_training_starts_from_a_model_directory_or_a_weights_file(shapes_run, tmp_path):
+    from resnets.diagnostics.deepen import deepen
+    from resnets.weights import load_model_dir, save_model_dir
+
+    result, folder = shapes_run
+    source = load_model_dir(result.run_dir / "model")
+    save_model_dir(deepen(source, 1), tmp_path / "deeper", architecture="resnet20")
+    common = [f"--data=folder:{folder}", "--val-size=16", "--epochs=1", "--lr=1e-9"]
+    common += ["--warmup-epochs=0", "--precision=32-true", f"--out={tmp_path}"]
+
+    assert main(["train", "--model", str(tmp_path / "deeper"), "--name=on", *common]) == 0
+    trained_on = load_model_dir(tmp_path / "on" / "model")
+    assert trained_on.config.blocks_per_stage == (1, 1, 2)
+    stem = source.stem[0].conv.weight
+    assert torch.allclose(trained_on.stem[0].conv.weight, stem, atol=1e-6)
+
+    weights = str(result.run_dir / "model" / "model.safetensors")
+    args = ["--set=blocks_per_stage=[1,1,1]", "--set=zero_init_residual=false"]
+    assert main(["train", "--weights", weights, *args, "--name=init", *common]) == 0
+    assert torch.allclose(load_model_dir(tmp_path / "init" / "model").stem[0].conv.weight, stem)
+
+    assert main(["train", "--weights", str(tmp_path / "missing.pth"), *common]) == 2

@@ -12,7 +12,16 @@ HELP = "train a ResNet (default: resnet20 on the bundled digits)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default="resnet20", help="registered name (see `resnets models`)"
+        "--model",
+        default="resnet20",
+        help="registered name (see `resnets models`), or a model directory to train further "
+        "(such as a run's model/ or the output of `resnets deepen`)",
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="PATH",
+        help="start from these weights: a torchvision, timm or resnets .pth/.pt/.safetensors "
+        "file or model directory; a classifier of another size is replaced",
     )
     parser.add_argument(
         "--data", default="digits", help="digits | folder:PATH | cifar10:PATH | signs:PATH"

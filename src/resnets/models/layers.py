@@ -138,3 +138,15 @@ def make_shortcut(
     if option == "A":
         return ZeroPadShortcut(in_channels, out_channels, stride)
     return ProjectionShortcut(in_channels, out_channels, stride, norm, avg_pool=option == "D")
+
+
+def he_init_(root: nn.Module) -> None:
+    """He initialisation (He et al. 2015b, fan-out) of every conv below `root`; batch norms
+    back to scale 1, shift 0 and fresh running statistics."""
+    for module in root.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            module.reset_parameters()

@@ -44,7 +44,16 @@ IMAGENET = ResNetConfig(
     shortcut="B",
     num_classes=1000,
 )
-CIFAR = ResNetConfig(stem="cifar", stem_channels=16, stage_channels=CIFAR_STAGES, num_classes=10)
+# Zero-initialised branches (Goyal et al. 2017) pay off over ImageNet's thousands of steps
+# per epoch; on these small networks and short CIFAR-sized schedules they stall the first
+# epochs (README, "Models"), so the CIFAR family starts with its branches non-zero.
+CIFAR = ResNetConfig(
+    stem="cifar",
+    stem_channels=16,
+    stage_channels=CIFAR_STAGES,
+    num_classes=10,
+    zero_init_residual=False,
+)
 
 
 def register(name: str, config: ResNetConfig, description: str, depth: int | None = None) -> None:
@@ -146,6 +155,22 @@ def model_config(name: str, **options: Any) -> ResNetConfig:
         return replace(config, **options)
     except (TypeError, ValueError) as error:
         raise UsageError(f"bad options for model {name!r}: {error}") from error
+
+
+def architecture_of(name: str | Path) -> str:
+    """The registered architecture `name` stands for: itself if registered, or the one a
+    model directory (`config.json` and `model.safetensors`) records. Raises a UsageError
+    that suggests the nearest names otherwise."""
+    from ..weights import read_model_config  # weights depends on models
+
+    if str(name) in _REGISTRY:
+        return str(name)
+    if (Path(name) / "config.json").is_file():
+        return read_model_config(name).get("architecture") or Path(name).name
+    raise UsageError(
+        f"unknown model {str(name)!r}; expected a name from `resnets models` or a model "
+        f"directory holding config.json.{closest(str(name), _REGISTRY)}"
+    )
 
 
 def create_model(name: str | Path, *, weights: str | Path | None = None, **options: Any) -> ResNet:

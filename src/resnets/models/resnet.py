@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .blocks import BasicBlock, Bottleneck, PreActBlock, ResidualBlock
-from .layers import ConvNormAct, Norm, Shortcut, make_norm
+from .layers import ConvNormAct, Norm, Shortcut, he_init_, make_norm
 
 
 @dataclass(frozen=True)
@@ -195,14 +195,7 @@ class ResNet(nn.Module):
     def reset_parameters(self) -> None:
         """He initialisation (He et al. 2015b) for convs, unless `init="pytorch"`."""
         if self.config.init == "he":
-            for module in self.modules():
-                if isinstance(module, nn.Conv2d):
-                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)
-                elif isinstance(module, nn.BatchNorm2d):
-                    nn.init.ones_(module.weight)
-                    nn.init.zeros_(module.bias)
+            he_init_(self)
         if self.config.zero_init_residual and self.config.residual:
             for block in self.blocks():
                 block.zero_init_last_norm()

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from .. import hardware
 from ..data.datasets import Dataset, load_dataset, parse_spec
 from ..errors import TrainingError, UsageError
-from ..models.registry import create_model, model_entry
+from ..models.registry import architecture_of, create_model
 from ..weights import save_model_dir
 from .callbacks import EpochMetrics, GracefulStop, ReplicaCheck, plot_curves, read_metrics
 from .datamodule import ImageDataModule
@@ -42,7 +42,8 @@ CONFIG_FILE = "config.yaml"
 class TrainConfig:
     """Every setting of a run. `None` means the dataset's default (see `recipes.py`)."""
 
-    model: str = "resnet20"
+    model: str = "resnet20"  # a registered name, or a model directory to train further
+    weights: str | None = None  # starting weights for `model`: a file or model directory
     data: str = "digits"
     epochs: int | None = None
     batch_size: int | None = None
@@ -126,7 +127,7 @@ def make_run_dir(config: TrainConfig) -> Path:
         return Path(config.out) / config.name
     kind, _ = parse_spec(config.data)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(config.out) / (config.name or f"{config.model}-{kind}-{stamp}")
+    run_dir = Path(config.out) / (config.name or f"{Path(config.model).name}-{kind}-{stamp}")
     if (run_dir / CONFIG_FILE).exists():
         raise UsageError(
             f"run directory {run_dir} already holds a run; choose another --name, or "
@@ -169,9 +170,8 @@ def read_run_config(run_dir: Path) -> dict:
 
 
 def build_module(config: TrainConfig, dataset: Dataset, recipe: Recipe, world_size: int):
-    entry = model_entry(config.model)
     options = {"num_classes": dataset.num_classes, "in_channels": dataset.channels}
-    model = create_model(entry.name, **options, **config.model_options)
+    model = create_model(config.model, weights=config.weights, **options, **config.model_options)
     side = min(dataset.image_size)
     if side < model.min_input_size:
         raise UsageError(
@@ -272,7 +272,12 @@ def train(
 ) -> TrainResult:
     """Train `config.model` on `config.data` and write a run directory (see DESIGN.md)."""
     resolve_recipe(config)  # fail on bad settings and names before reading any data
-    model_entry(config.model)
+    architecture_of(config.model)
+    if config.weights is not None and not Path(config.weights).exists():
+        raise UsageError(
+            f"--weights {config.weights} does not exist; expected a .pth, .pt or .safetensors "
+            "file or a model directory"
+        )
     dataset = dataset or _load(config)
     run_dir = make_run_dir(config)
     return _fit(config, dataset, run_dir, None, report, callbacks)
@@ -356,15 +361,16 @@ def _fit(
     model = getattr(module.model, "_orig_mod", module.model)
     model = model.to(memory_format=torch.contiguous_format)
     if trainer.is_global_zero:
+        architecture = architecture_of(config.model)
         save_model_dir(
             model,
             run_dir / "model",
-            architecture=config.model,
+            architecture=architecture,
             class_names=dataset.class_names,
             preprocessing=preprocessing,
         )
         plot_curves(
-            run_dir / "metrics.csv", run_dir / "curves.png", f"{config.model} on {config.data}"
+            run_dir / "metrics.csv", run_dir / "curves.png", f"{architecture} on {config.data}"
         )
     rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
     accuracy = rows[-1]["val_acc"] if rows else float("nan")
