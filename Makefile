@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# The main job: train ResNet-20 on the bundled digits, then evaluate it and predict.
+# The main job: train ResNet-20 on the bundled digits, then evaluate it.
 demo: setup
 	$(BIN)/resnets train --name demo-$$(date +%Y%m%d-%H%M%S)
 	$(BIN)/resnets evaluate $$(ls -td runs/demo-* | head -n 1)
