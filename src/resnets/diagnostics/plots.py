@@ -70,7 +70,8 @@ def plot_gradients_vs_step(rows: list[dict], path: Path, label: str) -> Path:
         title=f"Gradient norm of every layer during training\n{label}",
     )
     ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="best")
+    # Below the axes: the lines of a deep network fill the whole plotting area.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     bar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax)
     bar.set_label("layer depth (1 = input side)")
     return _save(fig, path)
