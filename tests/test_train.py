@@ -172,3 +172,61 @@ def test_training_starts_from_a_model_directory_or_a_weights_file(shapes_run, tm
     assert torch.allclose(load_model_dir(tmp_path / "init" / "model").stem[0].conv.weight, stem)
 
     assert main(["train", "--weights", str(tmp_path / "missing.pth"), *common]) == 2
+
+
+@pytest.mark.parametrize(
+    "args, code, expected",
+    [
+        (["--devices", "0"], 2, "--devices must be a positive count"),
+        (["--num-nodes", "0"], 2, "--num-nodes must be at least 1"),
+        (["--precision", "99"], 2, "--precision must be one of"),
+        (["--accelerator", "tpu9"], 2, "--accelerator must be one of"),
+        (["--image-size", "0"], 2, "--image-size must be at least 1"),
+        (["--val-size", "0"], 2, "--val-size must be a fraction"),
+        (["--val-size", "2.5"], 2, "or a whole number"),
+        (["--weight-decay", "-1"], 2, "--weight-decay must be 0 or more"),
+        (["--warmup-epochs", "-1"], 2, "--warmup-epochs must be 0 or more"),
+        (["--set", "shortcut=Z"], 2, "shortcut must be one of 'A', 'B', 'C', 'D'; got 'Z'"),
+        (["--set", "zero_init_residual=maybe"], 2, "must be true or false"),
+        (["--set", "width_multiplier=abc"], 2, "width_multiplier must be a number"),
+        (["--set", "norm=foo"], 2, "norm must be one of"),
+    ],
+)
+def test_bad_settings_are_one_line_usage_errors(args, code, expected, capsys, tmp_path):
+    assert main(["train", *args, "--epochs", "1", f"--out={tmp_path}"]) == code
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_flag_overrides_the_config_file_even_at_its_default_value(tmp_path, capsys):
+    settings = tmp_path / "run.yaml"
+    settings.write_text("model: resnet56\nepochs: 7\nseed: 3\n")
+    args = ["train", "--config", str(settings), "--model", "resnet20", "--seed", "0"]
+    assert main([*args, "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "model: resnet20" in printed and "seed: 0" in printed and "epochs: 7" in printed
+
+
+def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path, capsys):
+    settings = tmp_path / "bad.yaml"
+    settings.write_text("model: [resnet20\n")
+    assert main(["train", "--config", str(settings)]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+
+
+def test_training_takes_a_run_directory_as_its_model(shapes_run, tmp_path):
+    result, folder = shapes_run
+    args = [f"--data=folder:{folder}", "--val-size=16", "--epochs=1", f"--out={tmp_path}"]
+    assert main(["train", "--model", str(result.run_dir), "--name=again", *args]) == 0
+    saved = json.loads((tmp_path / "again" / "model" / "config.json").read_text())
+    assert saved["architecture"] == "resnet20"
+
+
+def test_predict_on_a_folder_or_a_non_image_says_what_it_expected(shapes_run, tmp_path, capsys):
+    result, folder = shapes_run
+    assert main(["predict", str(result.run_dir), str(folder)]) == 2
+    assert "is a folder; expected image files" in capsys.readouterr().err
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main(["predict", str(result.run_dir), str(tmp_path / "notes.png")]) == 1
+    err = capsys.readouterr().err
+    assert "not in an image format Pillow knows" in err and "BufferedReader" not in err

@@ -44,6 +44,9 @@ def print_epoch(model: str, row: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..diagnostics.compare import CompareConfig, compare, render_table
+    from .main import quiet_lightning
+
+    quiet_lightning()
 
     config = CompareConfig(
         models=[name.strip() for name in args.models.split(",") if name.strip()],

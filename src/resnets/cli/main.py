@@ -59,7 +59,9 @@ def quiet_lightning() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.command_argv = argv[argv.index(args.command) + 1 :]  # the words after the command
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(message)s",
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("resnets: interrupted", file=sys.stderr)
         return 130
-    except (ResnetsError, FileNotFoundError, NotADirectoryError) as error:
+    except (ResnetsError, OSError) as error:  # OSError: missing, unreadable, unwritable files
         if args.debug:
             raise
         print(f"resnets {args.command}: error: {error}", file=sys.stderr)

@@ -80,7 +80,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--print-config", action="store_true", help="print the resolved settings as YAML, exit"
     )
-    parser.set_defaults(parser=parser)
     parser.add_argument(
         "--resume",
         metavar="RUN",
@@ -114,7 +113,15 @@ def config_from_args(args: argparse.Namespace):
         path = Path(args.config)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} not found")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            where = getattr(error, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where else ""
+            raise UsageError(
+                f"{path} is not valid YAML{line}; expected settings such as `epochs: 30`, as "
+                "`resnets train --print-config` writes them"
+            ) from error
         if not isinstance(loaded, dict):
             raise UsageError(
                 f"{path} should hold a mapping of settings, got {type(loaded).__name__}"
@@ -122,15 +129,26 @@ def config_from_args(args: argparse.Namespace):
         values = loaded.get("train", loaded)  # a run's config.yaml nests them under "train"
     options = dict(values.get("model_options") or {})
     options.update(parse_options(args.model_options))
+    given = flags_given(args.command_argv)
     for name in (f.name for f in fields(TrainConfig)):
         if name == "model_options" or not hasattr(args, name):
             continue
-        given = getattr(args, name)
-        if name not in values or given != args.parser.get_default(name):
-            values[name] = given
+        if name not in values or name in given:
+            values[name] = getattr(args, name)
     values["model_options"] = options
     values["progress_bar"] = sys.stderr.isatty()
     return TrainConfig.from_dict(values)
+
+
+def flags_given(argv: list[str]) -> set[str]:
+    """The settings that `argv` (the words after `train`) names, whatever their values: a
+    flag set to its default value still overrides the --config file."""
+    probe = argparse.ArgumentParser(add_help=False)
+    add_arguments(probe)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    named, _ = probe.parse_known_args(argv)
+    return set(vars(named))
 
 
 def parse_options(pairs: list[str]) -> dict:

@@ -168,6 +168,7 @@ def stratified_split(
     """Seeded stratified split into (train indices, held-out indices)."""
     from sklearn.model_selection import train_test_split
 
+    check_val_size(held_out)
     size = int(held_out) if held_out >= 1 else held_out
     indices = np.arange(len(labels))
     counts = np.bincount(labels)
@@ -187,6 +188,15 @@ def stratified_split(
             "Set --val-size to a fraction such as 0.1 or a smaller number of images"
         ) from error
     return np.sort(train), np.sort(rest)
+
+
+def check_val_size(val_size: float) -> None:
+    """A held-out fraction in (0, 1), or a whole number of images (1 or more)."""
+    if not (0 < val_size < 1 or (val_size >= 1 and float(val_size).is_integer())):
+        raise UsageError(
+            f"--val-size must be a fraction between 0 and 1 (such as 0.1) or a whole number "
+            f"of images (such as 5000); got {val_size}"
+        )
 
 
 def load_digits() -> Dataset:

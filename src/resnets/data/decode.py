@@ -67,7 +67,11 @@ def decode_image(
             array = np.asarray(image, dtype=np.uint8)
     except FileNotFoundError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+    except UnidentifiedImageError as error:  # its message names the stream, not the file
+        raise DataError(
+            f"cannot read image {name}: not in an image format Pillow knows, or damaged"
+        ) from error
+    except (OSError, ValueError, SyntaxError) as error:
         raise DataError(f"cannot read image {name}: {error}") from error
     if array.ndim == 2:
         array = array[:, :, None]

@@ -70,6 +70,7 @@ class CompareConfig:
             model_options={"zero_init_residual": False},
             out=self.out,
             name=model,
+            progress_bar=False,  # `resnets compare` reports one line per model and epoch
         )
 
     def shared_settings(self) -> dict:

@@ -71,8 +71,8 @@ def _check_deepenable(config, num_blocks: int, stage: int) -> None:
     stages = len(config.blocks_per_stage)
     if not -stages <= stage < stages:
         raise UsageError(
-            f"the model has {stages} stages, indexed 0 to {stages - 1} (or -1 for the last; "
-            f"`resnets deepen --stage` counts from 1); got index {stage}"
+            f"the model has {stages} stages: --stage 1 to {stages} (in Python, stage index "
+            f"0 to {stages - 1}, or -1 for the last); got --stage {stage + 1} (index {stage})"
         )
 
 
@@ -118,7 +118,9 @@ def deepen_model_dir(
     Checks on random images that the logits did not change, and raises if they moved
     by more than 1e-5.
     """
-    source = Path(source)
+    source, out = Path(source), Path(out)
+    if out.exists():
+        raise UsageError(f"{out} already exists; pass --out with a new folder, or remove it")
     saved = read_model_config(source)
     model = load_model_dir(source)
     torch.manual_seed(seed)  # the new blocks' He initialisation
@@ -136,7 +138,7 @@ def deepen_model_dir(
         class_names=saved.get("class_names"),
         preprocessing=saved.get("preprocessing"),
     )
-    log.info("deepened model written to %s: %s", out, json.dumps(deeper.config.to_dict()))
+    log.debug("deepened model written to %s: %s", out, json.dumps(deeper.config.to_dict()))
     return DeepenResult(
         out,
         deeper,

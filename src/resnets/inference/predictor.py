@@ -110,6 +110,11 @@ class Predictor:
 
     def predict_files(self, files: list[str | Path], top_k: int = 5) -> list[Prediction]:
         for file in files:
+            if Path(file).is_dir():
+                raise UsageError(
+                    f"{file} is a folder; expected image files. To classify a folder of "
+                    f"class sub-folders use: resnets evaluate RUN --data folder:{file}"
+                )
             if not Path(file).is_file():
                 raise FileNotFoundError(f"image file {file} not found")
         probabilities = self.logits(self.decode(files)).softmax(dim=1)

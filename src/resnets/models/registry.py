@@ -165,12 +165,22 @@ def architecture_of(name: str | Path) -> str:
 
     if str(name) in _REGISTRY:
         return str(name)
-    if (Path(name) / "config.json").is_file():
-        return read_model_config(name).get("architecture") or Path(name).name
+    folder = saved_model_dir(name)
+    if folder is not None:
+        return read_model_config(folder).get("architecture") or folder.name
     raise UsageError(
-        f"unknown model {str(name)!r}; expected a name from `resnets models` or a model "
-        f"directory holding config.json.{closest(str(name), _REGISTRY)}"
+        f"unknown model {str(name)!r}; expected a name from `resnets models`, a run "
+        f"directory or a model directory holding config.json.{closest(str(name), _REGISTRY)}"
     )
+
+
+def saved_model_dir(name: str | Path) -> Path | None:
+    """The model directory `name` points to: itself, or a run directory's `model/`."""
+    path = Path(name)
+    for folder in (path, path / "model"):
+        if (folder / "config.json").is_file():
+            return folder
+    return None
 
 
 def create_model(name: str | Path, *, weights: str | Path | None = None, **options: Any) -> ResNet:
@@ -184,9 +194,9 @@ def create_model(name: str | Path, *, weights: str | Path | None = None, **optio
     """
     from ..weights import load_model_dir, load_weights  # weights depends on models
 
-    path = Path(name)
-    if str(name) not in _REGISTRY and (path / "config.json").is_file():
-        model = load_model_dir(path, **options)
+    folder = None if str(name) in _REGISTRY else saved_model_dir(name)
+    if folder is not None:
+        model = load_model_dir(folder, **options)
     else:
         model = ResNet(model_config(str(name), **options))
     if weights is not None:

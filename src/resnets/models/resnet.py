@@ -2,7 +2,7 @@
 
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import torch
 from torch import nn
@@ -41,6 +41,8 @@ class ResNetConfig:
     in_channels: int = 3
 
     def __post_init__(self) -> None:
+        for name, annotation in get_type_hints(type(self)).items():
+            _check_field(name, getattr(self, name), annotation)
         object.__setattr__(self, "blocks_per_stage", tuple(self.blocks_per_stage))
         object.__setattr__(self, "stage_channels", tuple(self.stage_channels))
         if len(self.blocks_per_stage) != len(self.stage_channels):
@@ -53,6 +55,13 @@ class ResNetConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.convs_per_block < 2:
             raise ValueError(f"convs_per_block must be at least 2, got {self.convs_per_block}")
+        if not self.width_multiplier > 0:
+            raise ValueError(f"width_multiplier must be positive, got {self.width_multiplier}")
+        if min(self.blocks_per_stage + self.stage_channels, default=0) < 1:
+            raise ValueError(
+                f"blocks_per_stage {self.blocks_per_stage} and stage_channels "
+                f"{self.stage_channels} need at least one stage, each entry at least 1"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -165,6 +174,27 @@ def _make_block(config: ResNetConfig, c_in: int, c_out: int, stride: int, width:
     return BasicBlock(
         c_in, c_out, stride, num_convs=config.convs_per_block, groups=config.groups, **common
     )
+
+
+def _check_field(name: str, value: Any, annotation: Any) -> None:
+    """Refuse a value of the wrong kind, such as shortcut="Z" or zero_init_residual="maybe",
+    before it builds a model that silently differs from the one asked for."""
+    if get_origin(annotation) is Literal:
+        if value not in get_args(annotation):
+            choices = ", ".join(repr(c) for c in get_args(annotation))
+            raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+    elif annotation is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false; got {value!r}")
+    elif annotation in (int, float):
+        kinds = (int,) if annotation is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ValueError(f"{name} must be a number ({annotation.__name__}); got {value!r}")
+    elif get_origin(annotation) is tuple:
+        if not isinstance(value, tuple | list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise ValueError(f"{name} must be a list of whole numbers, such as [3, 3, 3]")
 
 
 class ResNet(nn.Module):

@@ -14,12 +14,13 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from .. import hardware
-from ..data.datasets import Dataset, load_dataset, parse_spec
-from ..errors import TrainingError, UsageError
-from ..models.registry import architecture_of, create_model
+from ..data.datasets import Dataset, check_val_size, load_dataset, parse_spec
+from ..errors import TrainingError, UsageError, closest
+from ..models.registry import architecture_of, create_model, model_config, saved_model_dir
 from ..weights import save_model_dir
 from .callbacks import EpochMetrics, GracefulStop, ReplicaCheck, plot_curves, read_metrics
 from .datamodule import ImageDataModule
@@ -36,6 +37,10 @@ warnings.filterwarnings("ignore", message=".*nn.functional.all_gather is depreca
 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 CONFIG_FILE = "config.yaml"
+# Lightning's names, with its short aliases ("bf16" for "bf16-mixed", "32" for "32-true").
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+PRECISIONS += ("32", "bf16", "16", "64")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
 @dataclass
@@ -70,6 +75,35 @@ class TrainConfig:
     name: str | None = None
     progress_bar: bool = True
     checkpoint_every: int = 500  # optimiser steps between mid-epoch checkpoints; 0 for none
+
+    def __post_init__(self) -> None:
+        check_val_size(self.val_size)
+        if self.precision not in PRECISIONS:
+            raise UsageError(
+                f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}."
+                f"{closest(str(self.precision), PRECISIONS)}"
+            )
+        if self.accelerator not in ACCELERATORS:
+            raise UsageError(
+                f"--accelerator must be one of {', '.join(ACCELERATORS)}; got "
+                f"{self.accelerator!r}.{closest(str(self.accelerator), ACCELERATORS)}"
+            )
+        devices_ok = self.devices == "auto" or (
+            isinstance(self.devices, int)
+            and not isinstance(self.devices, bool)
+            and self.devices > 0
+        )
+        if not devices_ok:
+            raise UsageError(f"--devices must be a positive count or 'auto'; got {self.devices!r}")
+        for name in ("num_nodes", "image_size", "channels"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1; got {value!r}")
+        if self.checkpoint_every < 0:
+            raise UsageError(
+                f"--checkpoint-every must be 0 (epoch ends only) or more; got "
+                f"{self.checkpoint_every}"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -226,23 +260,28 @@ def make_trainer(config: TrainConfig, recipe: Recipe, run_dir: Path, callbacks: 
     if config.progress_bar:
         callbacks = [_EpochBar(), *callbacks]
     multi = config.num_nodes > 1 or (isinstance(config.devices, int) and config.devices > 1)
-    return L.Trainer(
-        accelerator=config.accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy="ddp" if multi else "auto",
-        sync_batchnorm=config.sync_batchnorm,
-        precision=precision,
-        max_epochs=recipe.epochs,
-        callbacks=[checkpoints, *callbacks],
-        logger=_loggers(run_dir),
-        default_root_dir=run_dir,
-        enable_progress_bar=config.progress_bar,
-        num_sanity_val_steps=0,
-        enable_model_summary=False,
-        use_distributed_sampler=False,  # ImageDataModule shards by rank itself
-        log_every_n_steps=10,
-    )
+    try:
+        return L.Trainer(
+            accelerator=config.accelerator,
+            devices=config.devices,
+            num_nodes=config.num_nodes,
+            strategy="ddp" if multi else "auto",
+            sync_batchnorm=config.sync_batchnorm,
+            precision=precision,
+            max_epochs=recipe.epochs,
+            callbacks=[checkpoints, *callbacks],
+            logger=_loggers(run_dir),
+            default_root_dir=run_dir,
+            enable_progress_bar=config.progress_bar,
+            num_sanity_val_steps=0,
+            enable_model_summary=False,
+            use_distributed_sampler=False,  # ImageDataModule shards by rank itself
+            log_every_n_steps=10,
+        )
+    except MisconfigurationException as error:  # such as --accelerator gpu on a CPU machine
+        raise UsageError(
+            f"{error} Check --accelerator, --devices, --num-nodes and --precision"
+        ) from error
 
 
 class _EpochBar(TQDMProgressBar):
@@ -273,6 +312,8 @@ def train(
     """Train `config.model` on `config.data` and write a run directory (see DESIGN.md)."""
     resolve_recipe(config)  # fail on bad settings and names before reading any data
     architecture_of(config.model)
+    if saved_model_dir(config.model) is None:
+        model_config(config.model, **config.model_options)  # such as --set shortcut=Z
     if config.weights is not None and not Path(config.weights).exists():
         raise UsageError(
             f"--weights {config.weights} does not exist; expected a .pth, .pt or .safetensors "
@@ -296,6 +337,14 @@ def resume(
     config = TrainConfig.from_dict(record["train"])
     config.progress_bar = report is not None and config.progress_bar
     if epochs is not None:
+        done = (
+            len(read_metrics(run_dir / "metrics.csv")) if (run_dir / "metrics.csv").exists() else 0
+        )
+        if epochs < done:
+            raise UsageError(
+                f"{run_dir} has already trained {done} epochs; --epochs with --resume is the "
+                f"new total and must be at least {done}, got {epochs}"
+            )
         config.epochs = epochs
     checkpoint = latest_checkpoint(run_dir)
     log.info("resuming %s from %s", run_dir, checkpoint)

@@ -29,6 +29,10 @@ class Recipe:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise UsageError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
+        if self.warmup_epochs < 0:
+            raise UsageError(f"--warmup-epochs must be 0 or more, got {self.warmup_epochs}")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
 
