@@ -111,6 +111,25 @@ def test_strict_refuses_a_folder_with_unreadable_files(tmp_path):
     write_every_kind(tmp_path / "mixed")
     with pytest.raises(DataError, match="--strict"):
         load_dataset(f"folder:{tmp_path / 'mixed'}", strict=True)
+    load_dataset(f"folder:{tmp_path / 'mixed'}", image_size=32)  # writes the decoded cache
+    with pytest.raises(DataError, match="3 unreadable.*--strict"):  # read from the cache
+        load_dataset(f"folder:{tmp_path / 'mixed'}", image_size=32, strict=True)
+
+
+def test_an_image_claiming_a_huge_size_is_refused_in_one_line(tmp_path):
+    """A PNG whose header claims 30000x30000 pixels: Pillow's decompression-bomb guard."""
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    header = b"IHDR" + struct.pack(">II", 30000, 30000) + bytes(data[24:29])
+    data[12:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    (tmp_path / "bomb.png").write_bytes(bytes(data))
+    with pytest.raises(DataError, match="bomb.png"):
+        decode_image(tmp_path / "bomb.png")
 
 
 def test_rotated_jpeg_is_shown_upright(tmp_path):

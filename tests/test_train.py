@@ -48,6 +48,8 @@ def test_training_writes_the_run_directory(shapes_run):
         assert (run / name).is_file(), name
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == list(range(1, 11))
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 9  # the last epoch, whether or not its accuracy was the best
     assert all(float(r["images_per_s"]) > 0 for r in rows)
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["class_names"] == ["circle", "square"]
@@ -230,3 +232,23 @@ def test_predict_on_a_folder_or_a_non_image_says_what_it_expected(shapes_run, tm
     assert main(["predict", str(result.run_dir), str(tmp_path / "notes.png")]) == 1
     err = capsys.readouterr().err
     assert "not in an image format Pillow knows" in err and "BufferedReader" not in err
+
+
+def test_evaluate_without_data_scores_only_the_held_out_images(shapes_run, tmp_path, capsys):
+    result, _ = shapes_run
+    assert main(["evaluate", str(result.run_dir), "--json", "--out", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 16  # --val-size 16 of the 96 images, none of the training ones
+    assert report["data"].endswith("(held-out split)")
+
+
+@pytest.mark.parametrize(
+    "text", ["epochs: ten\n", "lr: abc\n", "val_size: x\n", "model_options: 5\n", "train: 5\n"]
+)
+def test_a_config_file_with_a_wrongly_typed_value_is_one_line(text, tmp_path, capsys):
+    settings = tmp_path / "bad.yaml"
+    settings.write_text(text)
+    assert main(["train", "--config", str(settings), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "must be a" in err or "should each hold a mapping" in err
+    assert len(err.strip().splitlines()) == 1

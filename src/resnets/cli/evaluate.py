@@ -9,7 +9,9 @@ HELP = "evaluate a trained run on labelled data: top-1, top-5, per class, confus
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run directory (or model directory)")
-    parser.add_argument("--data", help="dataset spec (default: the data the run trained on)")
+    parser.add_argument(
+        "--data", help="dataset spec (default: the images the run held out from training)"
+    )
     parser.add_argument(
         "--out", help="folder for confusion.png and predictions.csv (default: RUN/evaluation)"
     )
@@ -22,8 +24,11 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.predictor import Predictor, model_dir_of
 
     predictor = Predictor(args.run, precision=args.precision)
-    spec = args.data or _trained_on(args.run)
-    result = evaluate(predictor, evaluation_split(spec, predictor))
+    if args.data:
+        spec, split = args.data, evaluation_split(args.data, predictor)
+    else:
+        spec, split = _run_held_out(args.run, predictor)
+    result = evaluate(predictor, split)
     out = Path(args.out) if args.out else model_dir_of(args.run).parent / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
     names = predictor.class_names
@@ -55,11 +60,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _trained_on(run: str) -> str:
+def _run_held_out(run: str, predictor):
+    """The images the run held out from training, split exactly as training split them (same
+    data, held-out size and seed), so that evaluation never scores a training image."""
+    from ..data.datasets import load_dataset
     from ..errors import UsageError
+    from ..inference.evaluate import held_out_of
     from ..train.fit import read_run_config
 
     try:
-        return read_run_config(Path(run))["train"]["data"]
+        settings = read_run_config(Path(run))["train"]
     except FileNotFoundError as error:
         raise UsageError(f"{run} has no run config to take the data from; pass --data") from error
+    spec = settings["data"]
+    dataset = load_dataset(
+        spec,
+        image_size=settings.get("image_size"),
+        channels=settings.get("channels"),
+        val_size=settings.get("val_size", 0.1),
+        seed=settings.get("seed", 0),
+    )
+    return f"{spec} (held-out split)", held_out_of(dataset, spec, predictor)

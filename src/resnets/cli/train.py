@@ -127,6 +127,11 @@ def config_from_args(args: argparse.Namespace):
                 f"{path} should hold a mapping of settings, got {type(loaded).__name__}"
             )
         values = loaded.get("train", loaded)  # a run's config.yaml nests them under "train"
+        if not isinstance(values, dict) or not isinstance(values.get("model_options") or {}, dict):
+            raise UsageError(
+                f"{path}: `train` and `model_options` should each hold a mapping of settings, "
+                "as `resnets train --print-config` writes them"
+            )
     options = dict(values.get("model_options") or {})
     options.update(parse_options(args.model_options))
     given = flags_given(args.command_argv)

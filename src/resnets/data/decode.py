@@ -71,7 +71,7 @@ def decode_image(
         raise DataError(
             f"cannot read image {name}: not in an image format Pillow knows, or damaged"
         ) from error
-    except (OSError, ValueError, SyntaxError) as error:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise DataError(f"cannot read image {name}: {error}") from error
     if array.ndim == 2:
         array = array[:, :, None]

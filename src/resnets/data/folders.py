@@ -46,8 +46,8 @@ class FolderScan:
             try:
                 with Image.open(path) as image:
                     headers.append((image.size, image.mode))
-            except (OSError, ValueError, SyntaxError):
-                continue
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+                continue  # decode_image reports it when the file is read
         return headers
 
     def guess_size(self) -> tuple[int, int]:
@@ -141,9 +141,12 @@ def decode_files(scan: FolderScan, channels: int, size: tuple[int, int], *, stri
     key = _cache_key(scan, channels, size)
     if folder is not None and (folder / f"{key}.safetensors").is_file():
         tensors = load_file(folder / f"{key}.safetensors")
-        files = json.loads((folder / f"{key}.json").read_text())
-        log.info("read %d decoded images from the cache %s", len(files), folder)
-        return ImageSet(tensors["images"], tensors["labels"], files)
+        listing = json.loads((folder / f"{key}.json").read_text())
+        if isinstance(listing, list):  # caches written before unreadable files were kept
+            listing = {"files": listing, "unreadable": []}
+        report_unreadable([(Path(p), r) for p, r in listing["unreadable"]], scan.root, strict)
+        log.info("read %d decoded images from the cache %s", len(listing["files"]), folder)
+        return ImageSet(tensors["images"], tensors["labels"], listing["files"])
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         results = list(pool.map(lambda p: _try_decode(p, channels, size), scan.files))
     bad = [(path, r) for path, r in zip(scan.files, results, strict=True) if isinstance(r, str)]
@@ -155,7 +158,7 @@ def decode_files(scan: FolderScan, channels: int, size: tuple[int, int], *, stri
     labels = torch.tensor([scan.labels[i] for i, _ in good], dtype=torch.int64)
     files = [str(scan.files[i]) for i, _ in good]
     if folder is not None:
-        _write_cache(folder, key, images, labels, files)
+        _write_cache(folder, key, images, labels, {"files": files, "unreadable": bad})
     return ImageSet(images, labels, files)
 
 
@@ -169,12 +172,12 @@ def report_unreadable(bad: list[tuple[Path, str]], root: Path, strict: bool) -> 
     log.warning("skipping %d unreadable file(s) in %s: %s%s", len(bad), root, listing, more)
 
 
-def _write_cache(folder: Path, key: str, images, labels, files: list[str]) -> None:
+def _write_cache(folder: Path, key: str, images, labels, listing: dict) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f"{key}.safetensors.tmp"
         save_file({"images": images.contiguous(), "labels": labels}, tmp)
-        (folder / f"{key}.json").write_text(json.dumps(files))
+        (folder / f"{key}.json").write_text(json.dumps(listing, default=str))
         tmp.replace(folder / f"{key}.safetensors")
     except OSError as error:  # a read-only home must not stop training
         log.warning("could not write the image cache in %s: %s", folder, error)

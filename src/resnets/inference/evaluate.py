@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from ..data.datasets import ImageSet, load_dataset, parse_spec, resize_uint8
+from ..data.datasets import Dataset, ImageSet, load_dataset, parse_spec, resize_uint8
 from ..data.folders import decode_files, scan_folder
 from ..errors import DataError
 from .predictor import Predictor
@@ -44,7 +44,11 @@ def evaluation_split(spec: str, predictor: Predictor) -> ImageSet:
             root = held[0] if held else path / "train"
         scan = scan_folder(root, class_names=predictor.class_names)
         return decode_files(scan, predictor.channels, predictor.image_size)
-    dataset = load_dataset(spec)
+    return held_out_of(load_dataset(spec), spec, predictor)
+
+
+def held_out_of(dataset: Dataset, spec: str, predictor: Predictor) -> ImageSet:
+    """The dataset's held-out split, checked against the model and sized for it."""
     if dataset.class_names != predictor.class_names:
         raise DataError(
             f"{spec} has classes {dataset.class_names}, the model {predictor.class_names}; "

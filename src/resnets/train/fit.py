@@ -111,7 +111,28 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise UsageError(f"unknown training settings {unknown}; expected {sorted(known)}")
+        for name, kinds in _SETTING_KINDS.items():
+            value = values.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+                expected = " or ".join(kind.__name__ for kind in kinds)
+                raise UsageError(f"setting {name} must be a {expected}; got {value!r}")
         return cls(**values)
+
+
+# The numeric settings, checked when they come from a YAML file rather than typed flags.
+_SETTING_KINDS: dict[str, tuple[type, ...]] = {
+    "epochs": (int,),
+    "batch_size": (int,),
+    "seed": (int,),
+    "num_nodes": (int,),
+    "checkpoint_every": (int,),
+    "lr": (int, float),
+    "weight_decay": (int, float),
+    "warmup_epochs": (int, float),
+    "label_smoothing": (int, float),
+    "val_size": (int, float),
+    "model_options": (dict,),
+}
 
 
 @dataclass
@@ -239,14 +260,19 @@ def make_trainer(config: TrainConfig, recipe: Recipe, run_dir: Path, callbacks: 
         if config.precision == "auto"
         else config.precision
     )
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor="val_acc",
-        mode="max",
-        save_last=True,
-        enable_version_counter=False,
-    )
+    checkpoints = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="best",
+            monitor="val_acc",
+            mode="max",
+            enable_version_counter=False,
+        ),
+        # Its own callback: `save_last` on the one above is written only when val_acc improves.
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False
+        ),
+    ]
     if config.checkpoint_every:
         callbacks = [
             ModelCheckpoint(
@@ -269,7 +295,7 @@ def make_trainer(config: TrainConfig, recipe: Recipe, run_dir: Path, callbacks: 
             sync_batchnorm=config.sync_batchnorm,
             precision=precision,
             max_epochs=recipe.epochs,
-            callbacks=[checkpoints, *callbacks],
+            callbacks=[*checkpoints, *callbacks],
             logger=_loggers(run_dir),
             default_root_dir=run_dir,
             enable_progress_bar=config.progress_bar,
@@ -407,6 +433,13 @@ def _fit(
             f"{trainer.global_step}; checkpoint saved. Continue with: resnets train --resume "
             f"{run_dir}"
         ) from stopped
+    except ValueError as error:
+        if "more than 1 value per channel" not in str(error):
+            raise
+        raise TrainingError(
+            "batch norm needs more than one value per channel, and a batch of one image "
+            "shrinks to 1x1 in the last stage; use a larger --batch-size or --image-size"
+        ) from error
     model = getattr(module.model, "_orig_mod", module.model)
     model = model.to(memory_format=torch.contiguous_format)
     if trainer.is_global_zero:
