@@ -121,3 +121,10 @@ def test_list_models_filters_by_pattern_and_unknown_names_suggest_neighbours():
 def test_unknown_model_option_is_a_clear_error():
     with pytest.raises(ValueError, match="num_classes"):
         create_model("resnet20", num_class=3)
+
+
+def test_models_command_with_a_pattern_that_matches_nothing_says_so(capsys):
+    from resnets.cli.main import main
+
+    assert main(["models", "resnet5"]) == 2
+    assert "no registered model matches 'resnet5'" in capsys.readouterr().err

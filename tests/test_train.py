@@ -252,3 +252,25 @@ def test_a_config_file_with_a_wrongly_typed_value_is_one_line(text, tmp_path, ca
     err = capsys.readouterr().err
     assert "must be a" in err or "should each hold a mapping" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--epochs", "-1"], "--epochs must be at least 1"),
+        (["--model", "resnet2"], "unknown model"),
+        (["--data", "foo"], "unknown dataset"),
+        (["--set", "shortcut=Z"], "shortcut must be one of"),
+    ],
+)
+def test_print_config_refuses_what_train_would_refuse(args, expected, capsys):
+    assert main(["train", *args, "--print-config"]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_a_taken_run_name_is_refused_before_any_data_is_read(shapes_run, capsys):
+    result, _ = shapes_run
+    out, name = str(result.run_dir.parent), result.run_dir.name
+    args = ["train", "--out", out, "--name", name, "--data", "folder:/no/such/folder"]
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err

@@ -14,6 +14,13 @@ def run(args: argparse.Namespace) -> int:
     from ..summary import count_parameters_of
 
     names = list_models(args.pattern)
+    if not names:
+        from ..errors import UsageError, closest
+
+        raise UsageError(
+            f"no registered model matches {args.pattern!r}; try a shell pattern such as "
+            f"'resnet*' or 'plain*', or no pattern for all.{closest(args.pattern, list_models())}"
+        )
     print(f"{'name':<20} {'depth':>5} {'params':>12}  description")
     for name in names:
         entry = model_entry(name)

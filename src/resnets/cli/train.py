@@ -172,6 +172,7 @@ def parse_options(pairs: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from ..train import resume, train
+    from ..train.fit import check_config
     from .main import quiet_lightning
 
     quiet_lightning()
@@ -181,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = config_from_args(args)
         if args.print_config:
+            check_config(config)  # print only settings that train would accept
             print(yaml.safe_dump(asdict(config), sort_keys=False), end="")
             return 0
         result = train(config, report=print_epoch)

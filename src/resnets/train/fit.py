@@ -336,7 +336,16 @@ def train(
     callbacks: list[L.Callback] | None = None,
 ) -> TrainResult:
     """Train `config.model` on `config.data` and write a run directory (see DESIGN.md)."""
-    resolve_recipe(config)  # fail on bad settings and names before reading any data
+    check_config(config)
+    dataset = dataset or _load(config)
+    run_dir = make_run_dir(config)
+    return _fit(config, dataset, run_dir, None, report, callbacks)
+
+
+def check_config(config: TrainConfig) -> None:
+    """Fail on bad settings, names and paths before any data is read or folder written."""
+    resolve_recipe(config)
+    parse_spec(config.data)
     architecture_of(config.model)
     if saved_model_dir(config.model) is None:
         model_config(config.model, **config.model_options)  # such as --set shortcut=Z
@@ -345,9 +354,12 @@ def train(
             f"--weights {config.weights} does not exist; expected a .pth, .pt or .safetensors "
             "file or a model directory"
         )
-    dataset = dataset or _load(config)
-    run_dir = make_run_dir(config)
-    return _fit(config, dataset, run_dir, None, report, callbacks)
+    named = Path(config.out) / config.name if config.name else None
+    if named is not None and _launched_rank_zero() and (named / CONFIG_FILE).exists():
+        raise UsageError(
+            f"run directory {named} already holds a run; choose another --name, or "
+            f"continue it with --resume {named}"
+        )
 
 
 def resume(
