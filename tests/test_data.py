@@ -133,3 +133,14 @@ def test_decode_image_matches_pillow_and_handles_grey_and_transparency(tmp_path)
     (tmp_path / "empty.jpg").write_bytes(b"")
     with pytest.raises(DataError, match="empty.jpg"):
         decode_image(tmp_path / "empty.jpg")
+
+
+def test_an_empty_class_folder_is_kept_with_a_warning(tmp_path, caplog):
+    from resnets.data.folders import scan_folder
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "1.png")
+    scan = scan_folder(tmp_path)
+    assert scan.class_names == ["a", "b"] and scan.labels == [0]
+    assert "['b']" in caplog.text and "hold no image files" in caplog.text

@@ -112,6 +112,15 @@ def scan_folder(
         raise DataError(f"no image files in the class folders of {root}")
     if scan.hidden:
         log.info("skipped %d hidden file(s) in %s", len(scan.hidden), root)
+    labelled = set(scan.labels)
+    empty = [name for name in found if class_names.index(name) not in labelled]
+    if empty:
+        log.warning(
+            "class folder(s) %s in %s hold no image files; the model keeps the class but "
+            "cannot learn it. Add images, or remove the folder",
+            empty,
+            root,
+        )
     return scan
 
 
