@@ -265,6 +265,7 @@ def save_model_dir(
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = directory / (WEIGHTS_FILE + ".tmp")
     save_file(state, tmp)
+    tmp.chmod(0o644)  # safetensors creates it private; a model is meant to be shared
     tmp.replace(directory / WEIGHTS_FILE)
     tmp = directory / (CONFIG_FILE + ".tmp")
     tmp.write_text(json.dumps(config, indent=2) + "\n")
