@@ -184,12 +184,12 @@ def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_p
 def _resume_with(run_dir, dataset):
     from resnets.train import fit
 
-    load = fit._load
-    fit._load = lambda config: dataset
+    load = fit.load_training_data
+    fit.load_training_data = lambda config: dataset
     try:
         return resume(run_dir)
     finally:
-        fit._load = load
+        fit.load_training_data = load
 
 
 def test_sigkill_mid_epoch_then_resume_repeats_only_the_steps_since_the_checkpoint(tmp_path):

@@ -63,21 +63,14 @@ def run(args: argparse.Namespace) -> int:
 def _run_held_out(run: str, predictor):
     """The images the run held out from training, split exactly as training split them (same
     data, held-out size and seed), so that evaluation never scores a training image."""
-    from ..data.datasets import load_dataset
     from ..errors import UsageError
     from ..inference.evaluate import held_out_of
-    from ..train.fit import read_run_config
+    from ..train.fit import TrainConfig, load_training_data, read_run_config
 
     try:
-        settings = read_run_config(Path(run))["train"]
+        config = TrainConfig.from_dict(read_run_config(Path(run))["train"])
     except FileNotFoundError as error:
         raise UsageError(f"{run} has no run config to take the data from; pass --data") from error
-    spec = settings["data"]
-    dataset = load_dataset(
-        spec,
-        image_size=settings.get("image_size"),
-        channels=settings.get("channels"),
-        val_size=settings.get("val_size", 0.1),
-        seed=settings.get("seed", 0),
-    )
-    return f"{spec} (held-out split)", held_out_of(dataset, spec, predictor)
+    config.strict = False  # evaluation skips what training skipped
+    dataset = load_training_data(config)
+    return f"{config.data} (held-out split)", held_out_of(dataset, config.data, predictor)

@@ -337,7 +337,7 @@ def train(
 ) -> TrainResult:
     """Train `config.model` on `config.data` and write a run directory (see DESIGN.md)."""
     check_config(config)
-    dataset = dataset or _load(config)
+    dataset = dataset or load_training_data(config)
     run_dir = make_run_dir(config)
     return _fit(config, dataset, run_dir, None, report, callbacks)
 
@@ -386,7 +386,7 @@ def resume(
         config.epochs = epochs
     checkpoint = latest_checkpoint(run_dir)
     log.info("resuming %s from %s", run_dir, checkpoint)
-    return _fit(config, _load(config), run_dir, checkpoint, report, callbacks)
+    return _fit(config, load_training_data(config), run_dir, checkpoint, report, callbacks)
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
@@ -403,7 +403,8 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return max(found, key=lambda path: path.stat().st_mtime_ns)
 
 
-def _load(config: TrainConfig) -> Dataset:
+def load_training_data(config: TrainConfig) -> Dataset:
+    """The dataset of a run, split as its settings say (data, held-out size, seed)."""
     return load_dataset(
         config.data,
         image_size=config.image_size,
