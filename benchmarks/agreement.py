@@ -23,6 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a finished run directory")
     parser.add_argument("--count", type=int, default=2000, help="held-out images to classify")
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
     args = parser.parse_args()
 
     settings = read_run_config(args.run)["train"]
@@ -36,7 +37,8 @@ def main() -> None:
     images = dataset.held_out.images[: args.count]
     labels = dataset.held_out.labels[: args.count]
 
-    fast = Predictor(args.run)
+    # The flip is compared separately: here both paths see each image once.
+    fast = Predictor(args.run, backend=args.backend, test_flip=False)
     reference = load_model_dir(f"{args.run}/model").eval()
     with torch.inference_mode():
         fast_top1 = fast.logits(images).argmax(1)
@@ -46,7 +48,8 @@ def main() -> None:
     agree = (fast_top1 == reference_top1).float().mean().item()
     print(f"{len(images)} held-out images of {settings['data']}")
     print(
-        f"fast path ({fast.dtype}, folded, channels-last) accuracy "
+        f"fast path ({fast.backend}, {fast.dtype}, folded"
+        f"{', channels-last' if fast.backend == 'torch' else ''}) accuracy "
         f"{100 * (fast_top1 == labels).float().mean():.2f}%"
     )
     print(f"float32 NCHW eval accuracy {100 * (reference_top1 == labels).float().mean():.2f}%")

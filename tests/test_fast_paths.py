@@ -62,7 +62,8 @@ def test_benchmark_uses_torchvision_where_it_has_the_model():
     )
 
     assert result.baseline.startswith("torchvision.models.resnet18")
-    assert [v.resnets for v in result.variants] == [False, False, True]
+    assert [v.resnets for v in result.variants] == [False, False, True, True]
+    assert "onnxruntime" in result.variants[-1].name
 
 
 def test_benchmark_command_writes_json(tmp_path, capsys):

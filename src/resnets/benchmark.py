@@ -24,6 +24,7 @@ for training: the backward pass costs about twice the forward), and as a fractio
 2048x2048 matrix product timed in the same rounds, the fastest thing this CPU does.
 """
 
+import importlib.util
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ from torch import nn
 
 from . import hardware
 from .errors import UsageError
+from .inference.export import onnx_bytes, onnx_runner
 from .inference.fold import fold_batch_norm
 from .models.registry import create_model, model_config
 from .models.resnet import ResNet
@@ -204,6 +206,10 @@ def inference_variants(
     if compiling:
         step = inference_step(compiled(ours, freeze=True), images, channels_last=True, bf16=bf16)
         variants.append(Variant(ours_name + " compiled", step, resnets=True, compiled=True))
+    if importlib.util.find_spec("onnxruntime"):
+        folded = fold_batch_norm(create_model(name)).eval()
+        run = onnx_runner(onnx_bytes(folded, images[:1]))
+        variants.append(Variant("resnets folded onnxruntime fp32", lambda: run(images), True))
     return variants, note
 
 

@@ -4,6 +4,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .predict_options import add_inference_arguments, inference_options
+
 HELP = "evaluate a trained run on labelled data: top-1, top-5, per class, confusion matrix"
 
 
@@ -15,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", help="folder for confusion.png and predictions.csv (default: RUN/evaluation)"
     )
-    parser.add_argument("--precision", default="auto", help="auto, 32-true or bf16-mixed")
+    add_inference_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -23,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.evaluate import evaluate, evaluation_split, plot_confusion, write_predictions
     from ..inference.predictor import Predictor, model_dir_of
 
-    predictor = Predictor(args.run, precision=args.precision)
+    predictor = Predictor(args.run, **inference_options(args))
     if args.data:
         spec, split = args.data, evaluation_split(args.data, predictor)
     else:

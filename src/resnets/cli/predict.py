@@ -3,6 +3,8 @@
 import argparse
 import json
 
+from .predict_options import add_inference_arguments, inference_options
+
 HELP = "classify image files with a trained run: top-k class names and probabilities"
 
 
@@ -10,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run directory (or model directory)")
     parser.add_argument("files", nargs="+", help="image files")
     parser.add_argument("--top-k", type=int, default=3)
-    parser.add_argument("--precision", default="auto", help="auto, 32-true or bf16-mixed")
+    add_inference_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -20,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
-    predictions = Predictor(args.run, precision=args.precision).predict_files(
+    predictions = Predictor(args.run, **inference_options(args)).predict_files(
         args.files, top_k=args.top_k
     )
     if args.json:

@@ -277,39 +277,58 @@ def _write_onnx(
     opset: int | None,
     metadata: dict[str, str] | None,
 ) -> tuple[str, Runner]:
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as error:
-        raise UsageError(
-            "ONNX export needs onnx and onnxruntime, which are not installed: "
-            "pip install 'resnets[onnx]'"
-        ) from error
-
-    # TODO: the TorchScript-based exporter (dynamo=False) is deprecated in torch 2.9+. It is
-    # used because it needs no extra package, is 4x faster here and writes one file; switch
-    # to the torch.export-based exporter (it needs onnxscript) once this one is removed.
-    buffer = io.BytesIO()
-    torch.onnx.export(
-        model,
-        (example,),
-        buffer,
-        dynamo=False,
-        input_names=["images"],
-        output_names=["logits"],
-        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=opset,
-    )
-    proto = onnx.load_from_string(buffer.getvalue())
+    onnx = _import_onnx()
+    proto = onnx.load_from_string(onnx_bytes(model, example, opset))
     for key, value in (metadata or {}).items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto)
     onnx.save(proto, path)
+    return "onnxruntime.InferenceSession", onnx_runner(str(path))
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return "onnxruntime.InferenceSession", lambda x: torch.from_numpy(
-        session.run(None, {"images": x.numpy()})[0]
+
+def _import_onnx():
+    try:
+        import onnx
+        import onnxruntime  # noqa: F401  (checked here so the message names both)
+    except ImportError as error:
+        raise UsageError(
+            "ONNX needs onnx and onnxruntime, which are not installed: pip install 'resnets[onnx]'"
+        ) from error
+    return onnx
+
+
+def onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int | None = None) -> bytes:
+    """`model` as an ONNX graph taking `images` (N, C, H, W), N any, returning `logits`."""
+    _import_onnx()
+    # TODO: the TorchScript-based exporter (dynamo=False) is deprecated in torch 2.9+. It is
+    # used because it needs no extra package, is 4x faster here and writes one file; switch
+    # to the torch.export-based exporter (it needs onnxscript) once this one is removed.
+    buffer = io.BytesIO()
+    with _quiet_exporters():
+        torch.onnx.export(
+            model,
+            (example,),
+            buffer,
+            dynamo=False,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=opset,
+        )
+    return buffer.getvalue()
+
+
+def onnx_runner(model: str | bytes, threads: int | None = None) -> Runner:
+    """An ONNX Runtime session on the CPU for a file or serialised graph, as a function of a
+    float32 image tensor returning logits."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    session = onnxruntime.InferenceSession(
+        model, sess_options=options, providers=["CPUExecutionProvider"]
     )
+    return lambda x: torch.from_numpy(session.run(None, {"images": x.contiguous().numpy()})[0])
 
 
 def _write_torchscript(model: nn.Module, path: Path, example: torch.Tensor) -> tuple[str, Runner]:

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import EMAWeightAveraging, TQDMProgressBar
 
 from .. import hardware
 from ..data.datasets import Dataset, check_val_size, load_dataset, parse_spec
@@ -50,6 +50,7 @@ class TrainConfig:
     model: str = "resnet20"  # a registered name, or a model directory to train further
     weights: str | None = None  # starting weights for `model`: a file or model directory
     data: str = "digits"
+    recipe: str = "default"  # a name in recipes.RECIPES; the settings below override it
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -57,6 +58,8 @@ class TrainConfig:
     warmup_epochs: float | None = None
     schedule: str | None = None
     label_smoothing: float | None = None
+    ema_decay: float | None = None
+    test_flip: bool | None = None
     seed: int = 0
     val_size: float = 0.1
     image_size: int | None = None
@@ -130,6 +133,7 @@ _SETTING_KINDS: dict[str, tuple[type, ...]] = {
     "weight_decay": (int, float),
     "warmup_epochs": (int, float),
     "label_smoothing": (int, float),
+    "ema_decay": (int, float),
     "val_size": (int, float),
     "model_options": (dict,),
 }
@@ -155,8 +159,10 @@ def resolve_recipe(config: TrainConfig) -> Recipe:
         "warmup_epochs",
         "schedule",
         "label_smoothing",
+        "ema_decay",
+        "test_flip",
     )
-    return default_recipe(kind, **{n: getattr(config, n) for n in names})
+    return default_recipe(kind, config.recipe, **{n: getattr(config, n) for n in names})
 
 
 RUN_DIR_VARIABLE = "RESNETS_RUN_DIR"  # hands rank zero's run directory to the other ranks
@@ -430,9 +436,12 @@ def _fit(
     metrics = EpochMetrics(run_dir, report)
     stop = GracefulStop(run_dir / "checkpoints" / "interrupted.ckpt")
     extra = [metrics, stop, ReplicaCheck(run_dir / "replicas.json"), *(callbacks or [])]
+    if recipe.ema_decay:
+        # Validation, checkpoints' state_dict and the saved model all take the average.
+        extra.append(EMAWeightAveraging(decay=recipe.ema_decay))
     trainer = make_trainer(config, recipe, run_dir, extra)
     module = build_module(config, dataset, recipe, trainer.world_size)
-    preprocessing = preprocessing_of(dataset)
+    preprocessing = {**preprocessing_of(dataset), "test_flip": recipe.test_flip}
     if trainer.is_global_zero and checkpoint is None:
         write_run_config(run_dir, config, recipe, _run_facts(trainer, recipe, dataset))
     if config.compile:

@@ -89,6 +89,8 @@ class ClassifierModule(L.LightningModule):
         images, labels = batch
         self.val_images_seen += len(labels)
         logits = self.model(images)
+        if self.recipe.test_flip:  # as the saved model will predict
+            logits = (logits + self.model(images.flip(3))) / 2
         loss = F.cross_entropy(logits, labels)
         self.val_accuracy(logits, labels)
         self.val_top5(logits, labels)

@@ -21,6 +21,8 @@ class Recipe:
     warmup_epochs: float = 1.0
     schedule: Literal["cosine", "step"] = "cosine"
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # per-step decay of an exponential moving average of the weights
+    test_flip: bool = False  # classify each image and its mirror image, average the logits
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -35,6 +37,10 @@ class Recipe:
             raise UsageError(f"--warmup-epochs must be 0 or more, got {self.warmup_epochs}")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.ema_decay < 1:
+            raise UsageError(
+                f"--ema-decay must be in [0, 1) (0: no weight averaging), got {self.ema_decay}"
+            )
 
     def peak_lr(self, global_batch_size: int) -> float:
         return self.lr * global_batch_size / 128
@@ -62,8 +68,26 @@ DATASET_RECIPES = {
     "folder": Recipe(epochs=30, batch_size=128, lr=0.1),
 }
 
+# The shortest schedule found to take CIFAR ResNet-20 past the paper's 91.25% on a CPU:
+# a larger peak rate, label smoothing (Szegedy et al. 2016), an exponential moving average
+# of the weights evaluated in their place, and the mirror image averaged in at test time.
+FAST = Recipe(
+    epochs=40, batch_size=128, lr=0.2, label_smoothing=0.1, ema_decay=0.999, test_flip=True
+)
+RECIPES = {
+    "default": DATASET_RECIPES,
+    "fast": {"cifar10": FAST, "folder": FAST},
+}
 
-def default_recipe(dataset_kind: str, **overrides) -> Recipe:
-    """The dataset's default recipe with any non-None override applied."""
-    recipe = DATASET_RECIPES.get(dataset_kind, Recipe())
+
+def default_recipe(dataset_kind: str, name: str = "default", **overrides) -> Recipe:
+    """The named recipe for a kind of dataset, with any non-None override applied."""
+    if name not in RECIPES:
+        raise UsageError(f"unknown recipe {name!r}; expected one of {', '.join(RECIPES)}")
+    if name != "default" and dataset_kind not in RECIPES[name]:
+        raise UsageError(
+            f"the {name} recipe is for {' and '.join(RECIPES[name])} data (images of CIFAR-10's "
+            f"size), not {dataset_kind}; drop --recipe {name}"
+        )
+    recipe = RECIPES[name].get(dataset_kind, Recipe())
     return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,23 @@
+"""The options that `predict` and `evaluate` share: how the predictor runs the model."""
+
+import argparse
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", default="auto", help="auto, 32-true or bf16-mixed")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnx"],
+        help="onnx: ONNX Runtime, float32, CPU; auto: ONNX Runtime on CPUs without bf16",
+    )
+    parser.add_argument(
+        "--test-flip",
+        action=argparse.BooleanOptionalAction,
+        help="average each image's logits with its mirror image's (default: as the model "
+        "was validated in training)",
+    )
+
+
+def inference_options(args: argparse.Namespace) -> dict:
+    return {"precision": args.precision, "backend": args.backend, "test_flip": args.test_flip}
