@@ -274,3 +274,22 @@ def test_a_taken_run_name_is_refused_before_any_data_is_read(shapes_run, capsys)
     args = ["train", "--out", out, "--name", name, "--data", "folder:/no/such/folder"]
     assert main(args) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path, capsys):
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "shapes")
+    argv = ["train", "--data", f"folder:{folder}", "--val-size", "4", "--out", str(tmp_path)]
+    argv += ["--batch-size", "4", "--lr", "1e30", "--precision", "32-true"]  # NaN at step 1 of 5
+    assert main([*argv, "--name", "diverges"]) == 1
+    assert "loss became" in capsys.readouterr().err
+    assert not (tmp_path / "diverges").exists()  # the name is free for the corrected run
+
+
+def test_a_val_size_that_leaves_nothing_to_train_on_is_one_line(tmp_path, capsys):
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "shapes")  # 24 images
+    assert main(["train", "--data", f"folder:{folder}", "--val-size", "24"]) == 1
+    assert "24 of the 24 images" in capsys.readouterr().err

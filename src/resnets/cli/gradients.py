@@ -63,5 +63,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"training diverged at step {result.diverged_at}; recorded the steps before it")
     print(f"{config.label}: {result.spread.describe()}")
     figures = ", ".join(str(path) for path in result.figures)
-    print(f"{result.steps_run} steps recorded to {result.out / 'gradients.csv'}; figures {figures}")
+    sampled = len({row["step"] for row in result.layer_rows})
+    print(
+        f"{result.steps_run} steps run, {sampled} sampled into {result.out / 'gradients.csv'}; "
+        f"figures {figures}"
+    )
     return 0

@@ -173,6 +173,11 @@ def stratified_split(
     indices = np.arange(len(labels))
     counts = np.bincount(labels)
     held_count = size if isinstance(size, int) else int(np.ceil(size * len(labels)))
+    if held_count >= len(labels):
+        raise DataError(
+            f"--val-size {held_out:g} would hold out {held_count} of the {len(labels)} images "
+            "and leave none to train on; use a fraction such as 0.1 or fewer images"
+        )
     classes = int((counts > 0).sum())
     # Stratify where every class can give at least one image to each side.
     stratify = labels if counts[counts > 0].min() >= 2 and held_count >= classes else None

@@ -111,7 +111,8 @@ class Spread:
             f"gradient norm spread at step {self.step}: {spread}; largest "
             f"{self.largest['grad_norm']:.3g} at depth {self.largest['depth']}, smallest "
             f"{self.smallest['grad_norm']:.3g} at depth {self.smallest['depth']}; "
-            f"{self.larger_end} layers have the larger gradients"
+            f"on average (geometric mean) the {'first' if self.larger_end == 'early' else 'last'}"
+            " third of the layers has the larger gradients"
         )
 
 

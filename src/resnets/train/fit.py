@@ -3,6 +3,7 @@
 import logging
 import os
 import platform
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -246,6 +247,16 @@ def build_module(config: TrainConfig, dataset: Dataset, recipe: Recipe, world_si
             f"--batch-size {recipe.batch_size} is the global batch and must divide evenly "
             f"across {world_size} processes"
         )
+    if recipe.batch_size > len(dataset.train):
+        log.warning(
+            "--batch-size %d is more than the %d training images: every step takes all of "
+            "them, with the learning rate scaled for a batch of %d (%.3g). Lower --batch-size "
+            "or --lr if training is unstable.",
+            recipe.batch_size,
+            len(dataset.train),
+            recipe.batch_size,
+            recipe.peak_lr(recipe.batch_size),
+        )
     return ClassifierModule(
         model,
         recipe,
@@ -345,7 +356,35 @@ def train(
     check_config(config)
     dataset = dataset or load_training_data(config)
     run_dir = make_run_dir(config)
-    return _fit(config, dataset, run_dir, None, report, callbacks)
+    try:
+        return _fit(config, dataset, run_dir, None, report, callbacks)
+    except BaseException:
+        _remove_if_nothing_saved(run_dir)
+        raise
+
+
+# What a run writes before its first checkpoint; a run that fails before then leaves no
+# folder behind, so its name is free for the corrected command.
+_EARLY_FILES = (CONFIG_FILE, "metrics.csv", "replicas.json")
+_EARLY_FOLDERS = ("checkpoints", "tensorboard")
+
+
+def _remove_if_nothing_saved(run_dir: Path) -> None:
+    if not _launched_rank_zero() or any(run_dir.glob("checkpoints/*.ckpt")):
+        return
+    if (run_dir / "model").exists():
+        return
+    for name in _EARLY_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for name in _EARLY_FOLDERS:
+        folder = run_dir / name
+        logged = any(folder.rglob("events.out.tfevents*")) or any(folder.rglob("*.ckpt"))
+        if folder.is_dir() and not logged:
+            shutil.rmtree(folder, ignore_errors=True)
+    try:
+        run_dir.rmdir()  # only if nothing else is in it
+    except OSError:
+        pass
 
 
 def check_config(config: TrainConfig) -> None:

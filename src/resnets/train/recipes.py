@@ -64,7 +64,7 @@ class Recipe:
 DATASET_RECIPES = {
     "digits": Recipe(epochs=30, batch_size=64, lr=0.1),
     "cifar10": Recipe(epochs=30, batch_size=128, lr=0.1),
-    "signs": Recipe(epochs=40, batch_size=32, lr=0.05),
+    "signs": Recipe(epochs=60, batch_size=32, lr=0.05),
     "folder": Recipe(epochs=30, batch_size=128, lr=0.1),
 }
 
@@ -72,7 +72,7 @@ DATASET_RECIPES = {
 # a larger peak rate, label smoothing (Szegedy et al. 2016), an exponential moving average
 # of the weights evaluated in their place, and the mirror image averaged in at test time.
 FAST = Recipe(
-    epochs=40, batch_size=128, lr=0.2, label_smoothing=0.1, ema_decay=0.999, test_flip=True
+    epochs=60, batch_size=128, lr=0.2, label_smoothing=0.1, ema_decay=0.999, test_flip=True
 )
 RECIPES = {
     "default": DATASET_RECIPES,
