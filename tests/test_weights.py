@@ -192,6 +192,13 @@ def test_a_pickled_model_is_refused_rather_than_unpickled(tmp_path):
         read_state_dict(tmp_path / "module.pt")
 
 
+def test_a_file_that_is_not_weights_says_so(tmp_path):
+    (tmp_path / "notes.pth").write_text("not weights")
+
+    with pytest.raises(DataError, match="is not a weights file"):
+        read_state_dict(tmp_path / "notes.pth")
+
+
 def test_missing_file_names_what_is_expected(tmp_path):
     with pytest.raises(FileNotFoundError, match="safetensors"):
         resnets.create_model("resnet20", weights=tmp_path / "nothing.pt")

@@ -156,6 +156,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # the unpickler refuses anything beyond plain tensors
+        if "GLOBAL" not in str(error):  # the pickle names no code: it is not weights at all
+            raise DataError(
+                f"{path} is not a weights file that torch.save or safetensors wrote "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); expected a "
+                ".safetensors, .pt or .pth file of tensors, or a model directory"
+            ) from error
         raise DataError(
             f"refused to load {path}: it needs more than tensors to unpickle, and loading it "
             f"could run code ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
