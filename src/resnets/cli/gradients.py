@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     figures = ", ".join(str(path) for path in result.figures)
     sampled = len({row["step"] for row in result.layer_rows})
     print(
-        f"{result.steps_run} steps run, {sampled} sampled into {result.out / 'gradients.csv'}; "
+        f"{result.steps_run} step{'s' * (result.steps_run != 1)} run, {sampled} sampled into "
+        f"{result.out / 'gradients.csv'}; "
         f"figures {figures}"
     )
     return 0
