@@ -9,7 +9,7 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         "--backend",
         default="auto",
         choices=["auto", "torch", "onnx"],
-        help="onnx: ONNX Runtime, float32, CPU; auto: ONNX Runtime on CPUs without bf16",
+        help="onnx: ONNX Runtime, float32, CPU; auto: ONNX Runtime for float32 on a CPU",
     )
     parser.add_argument(
         "--test-flip",

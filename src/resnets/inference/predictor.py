@@ -49,7 +49,8 @@ class Predictor:
     Args:
         precision: "auto" uses bf16 where the hardware runs it natively, else float32.
         backend: "torch"; "onnx" for ONNX Runtime on the CPU, in float32; "auto" takes ONNX
-            Runtime where it measured faster: a CPU without bf16, with onnxruntime installed.
+            Runtime where it measured faster: float32 on a CPU (one without bf16, or
+            `precision="32-true"`), when onnxruntime is installed.
         test_flip: average the logits of each image and its mirror image; None does what
             the model's recipe did when it was validated (`--test-flip`, `--recipe fast`).
     """
