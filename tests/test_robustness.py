@@ -162,12 +162,14 @@ class _SignalAfterEpoch(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("ema_decay", [None, 0.9], ids=["plain", "weight-average"])
+def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, ema_decay):
     digits = load_dataset("digits")
     digits.train = digits.train.subset(torch.arange(640))
-    whole = train(_config(tmp_path, "whole"), dataset=digits)
+    whole = train(_config(tmp_path, "whole", ema_decay=ema_decay), dataset=digits)
     with pytest.raises(TrainingError, match="--resume"):
-        train(_config(tmp_path, "cut"), dataset=digits, callbacks=[_SignalAfterEpoch(0)])
+        cut = _config(tmp_path, "cut", ema_decay=ema_decay)
+        train(cut, dataset=digits, callbacks=[_SignalAfterEpoch(0)])
     assert (tmp_path / "cut" / "checkpoints" / "interrupted.ckpt").is_file()
     original = torch.utils.data.Subset  # resume reloads the data itself: give it the subset
     resumed = _resume_with(tmp_path / "cut", digits)

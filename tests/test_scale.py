@@ -46,6 +46,18 @@ def test_two_processes_agree_count_each_test_image_once_and_match_one_process(tm
     assert "global_batch_size: 64" in config and "per_device_batch_size: 32" in config
 
 
+def test_two_processes_with_a_weight_average_end_with_identical_replicas(tmp_path):
+    """Each rank's batch-norm statistics differ after a step; the average that is saved must
+    be the same on every rank (validation broadcasts rank zero's statistics)."""
+    _train(
+        tmp_path, "--devices", "2", "--accelerator", "cpu", "--epochs", "1", "--name", "ema",
+        "--ema-decay", "0.9", "--batch-size", "128",
+    )  # fmt: skip
+    replicas = json.loads((tmp_path / "ema" / "replicas.json").read_text())
+    assert replicas["identical"]
+    assert (tmp_path / "ema" / "model" / "model.safetensors").is_file()
+
+
 def test_config_file_reproduces_a_run(tmp_path):
     _train(tmp_path, "--epochs", "1", "--name", "first", "--batch-size", "128")
     _train(tmp_path, "--config", str(tmp_path / "first" / "config.yaml"), "--name", "again")

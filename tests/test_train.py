@@ -293,3 +293,18 @@ def test_a_val_size_that_leaves_nothing_to_train_on_is_one_line(tmp_path, capsys
     folder = make_image_folder(tmp_path / "shapes")  # 24 images
     assert main(["train", "--data", f"folder:{folder}", "--val-size", "24"]) == 1
     assert "24 of the 24 images" in capsys.readouterr().err
+
+
+def test_a_failed_run_in_a_folder_that_was_already_there_leaves_it_as_it_was(tmp_path, capsys):
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "shapes")
+    mine = tmp_path / "runs" / "mine"
+    (mine / "checkpoints").mkdir(parents=True)
+    (mine / "checkpoints" / "notes.txt").write_text("the user's")
+    (mine / "metrics.csv").write_text("the user's")
+    argv = ["train", "--data", f"folder:{folder}", "--val-size", "4", "--batch-size", "4"]
+    argv += ["--lr", "1e30", "--precision", "32-true", "--out", str(tmp_path / "runs")]
+    assert main([*argv, "--name", "mine"]) == 1
+    assert (mine / "checkpoints" / "notes.txt").read_text() == "the user's"
+    assert (mine / "metrics.csv").exists()

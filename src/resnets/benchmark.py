@@ -206,7 +206,7 @@ def inference_variants(
     if compiling:
         step = inference_step(compiled(ours, freeze=True), images, channels_last=True, bf16=bf16)
         variants.append(Variant(ours_name + " compiled", step, resnets=True, compiled=True))
-    if importlib.util.find_spec("onnxruntime"):
+    if all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
         folded = fold_batch_norm(create_model(name)).eval()
         run = onnx_runner(onnx_bytes(folded, images[:1]))
         variants.append(Variant("resnets folded onnxruntime fp32", lambda: run(images), True))

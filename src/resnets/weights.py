@@ -158,9 +158,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as error:  # the unpickler refuses anything beyond plain tensors
         if "GLOBAL" not in str(error):  # the pickle names no code: it is not weights at all
             raise DataError(
-                f"{path} is not a weights file that torch.save or safetensors wrote "
+                f"{path} is not a weights file of plain tensors "
                 f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); expected a "
-                ".safetensors, .pt or .pth file of tensors, or a model directory"
+                ".safetensors, .pt or .pth file of tensors, or a model directory. A file "
+                "pickled with more than tensors is refused too: loading it could run code. "
+                "Save weights with safetensors or torch.save(model.state_dict())."
             ) from error
         raise DataError(
             f"refused to load {path}: it needs more than tensors to unpickle, and loading it "

@@ -137,6 +137,11 @@ def onnx_metadata(saved: dict[str, Any], preprocessing: dict[str, Any]) -> dict[
         "mean": json.dumps(list(preprocessing["mean"])),
         "std": json.dumps(list(preprocessing["std"])),
         "resize": str(preprocessing.get("resize", "not recorded")),
+        "test_flip": (
+            "validated on each image and its mirror image (flipped left-right), logits averaged"
+            if preprocessing.get("test_flip")
+            else "no"
+        ),
         "input": "images: float32 (N, C, H, W), pixels / 255, then (x - mean) / std",
         "output": "logits: float32 (N, num_classes); softmax gives class probabilities",
         "model_config": json.dumps(saved["model"]),

@@ -1,5 +1,6 @@
 """Fast prediction from a saved model: folded batch norm, channels-last, reduced precision."""
 
+import importlib.util
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -87,8 +88,15 @@ class Predictor:
         self._onnx = None
         if self.backend == "onnx":
             example = torch.zeros(1, self.channels, *self.image_size)
-            graph = onnx_bytes(self.model.to(memory_format=torch.contiguous_format), example)
-            self._onnx = onnx_runner(graph)
+            try:
+                graph = onnx_bytes(self.model.to(memory_format=torch.contiguous_format), example)
+                self._onnx = onnx_runner(graph)
+            except Exception as error:
+                if backend == "onnx":
+                    raise
+                log.warning("ONNX Runtime failed (%s); running in PyTorch instead", error)
+                self.backend = "torch"
+                self.model.to(memory_format=torch.channels_last)
 
     def _choose_dtype(self, precision: str) -> torch.dtype:
         if precision == "auto":
@@ -116,9 +124,7 @@ class Predictor:
             return backend
         if backend == "torch" or self.device.type != "cpu" or self.dtype != torch.float32:
             return "torch"
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
+        if not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
             return "torch"
         return "onnx"
 

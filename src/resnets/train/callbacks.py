@@ -10,6 +10,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 
 from ..errors import TrainingError
 
@@ -181,3 +182,43 @@ class ReplicaCheck(L.Callback):
             self.path.write_text(json.dumps(report, indent=2) + "\n")
         if not identical:
             raise TrainingError(f"the ranks' weights differ at the end of training: {rows}")
+
+
+class WeightAverage(WeightAveraging):
+    """An exponential moving average of the weights and batch-norm statistics, validated,
+    checkpointed and saved in place of the weights themselves (Lightning's callback).
+
+    Three things on top of Lightning's `EMAWeightAveraging`:
+    - The decay ramps up as min(decay, (1 + n) / (10 + n)) after n updates, so that the
+      average of a short run, or of the first epochs, is not mostly the initial weights.
+    - The average lives on the training device (Lightning would build it on the CPU, before
+      the model is moved, and copy every weight across at every step).
+    - A run stopped during validation, while the average is swapped in, is checkpointed
+      with the weights swapped back: list this callback before the one that saves.
+    """
+
+    def __init__(self, decay: float) -> None:
+        def average(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor):
+            rate = ((1 + n) / (10 + n)).clamp(max=decay)  # a tensor: no device sync
+            return averaged + (current - averaged) * (1 - rate)
+
+        super().__init__(avg_fn=average)
+        self.decay = decay
+        self._swapped = False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._device = trainer.strategy.root_device
+        super().setup(trainer, pl_module, stage)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        super().on_validation_epoch_start(trainer, pl_module)
+        self._swapped = self._average_model is not None
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        super().on_validation_epoch_end(trainer, pl_module)
+        self._swapped = False
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if self._swapped:
+            self._swap_models(pl_module)
+            self._swapped = False

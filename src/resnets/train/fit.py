@@ -16,14 +16,21 @@ import lightning as L
 import torch
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import EMAWeightAveraging, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from .. import hardware
 from ..data.datasets import Dataset, check_val_size, load_dataset, parse_spec
 from ..errors import TrainingError, UsageError, closest
 from ..models.registry import architecture_of, create_model, model_config, saved_model_dir
 from ..weights import save_model_dir
-from .callbacks import EpochMetrics, GracefulStop, ReplicaCheck, plot_curves, read_metrics
+from .callbacks import (
+    EpochMetrics,
+    GracefulStop,
+    ReplicaCheck,
+    WeightAverage,
+    plot_curves,
+    read_metrics,
+)
 from .datamodule import ImageDataModule
 from .module import ClassifierModule
 from .recipes import Recipe, default_recipe
@@ -175,18 +182,19 @@ def _launched_rank_zero() -> bool:
     return all(os.environ.get(name, "0") == "0" for name in names)
 
 
-def make_run_dir(config: TrainConfig) -> Path:
+def make_run_dir(config: TrainConfig) -> tuple[Path, bool]:
     """Create the run directory on rank zero; the other ranks of a data-parallel run get
-    the same path, from rank zero (Lightning's launcher) or from `--name` (torchrun, SLURM)."""
+    the same path, from rank zero (Lightning's launcher) or from `--name` (torchrun, SLURM).
+    Returns the path and whether this call created the folder."""
     if not _launched_rank_zero():
         if RUN_DIR_VARIABLE in os.environ:
-            return Path(os.environ[RUN_DIR_VARIABLE])
+            return Path(os.environ[RUN_DIR_VARIABLE]), False
         if config.name is None:
             raise UsageError(
                 "a run started by torchrun or SLURM needs --name, so that every process "
                 "writes to the same run directory"
             )
-        return Path(config.out) / config.name
+        return Path(config.out) / config.name, False
     kind, _ = parse_spec(config.data)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(config.out) / (config.name or f"{Path(config.model).name}-{kind}-{stamp}")
@@ -195,9 +203,10 @@ def make_run_dir(config: TrainConfig) -> Path:
             f"run directory {run_dir} already holds a run; choose another --name, or "
             f"continue it with --resume {run_dir}"
         )
+    existed = run_dir.exists()
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     os.environ[RUN_DIR_VARIABLE] = str(run_dir.resolve())
-    return run_dir
+    return run_dir, not existed
 
 
 def write_run_config(run_dir: Path, config: TrainConfig, recipe: Recipe, extra: dict) -> None:
@@ -246,6 +255,11 @@ def build_module(config: TrainConfig, dataset: Dataset, recipe: Recipe, world_si
         raise UsageError(
             f"--batch-size {recipe.batch_size} is the global batch and must divide evenly "
             f"across {world_size} processes"
+        )
+    if recipe.test_flip and not dataset.flip:
+        raise UsageError(
+            f"{config.data} is never mirrored in training (a mirrored image of it means "
+            "something else), so averaging in mirror images would hurt; drop --test-flip"
         )
     if recipe.batch_size > len(dataset.train):
         log.warning(
@@ -355,36 +369,23 @@ def train(
     """Train `config.model` on `config.data` and write a run directory (see DESIGN.md)."""
     check_config(config)
     dataset = dataset or load_training_data(config)
-    run_dir = make_run_dir(config)
+    run_dir, created = make_run_dir(config)
     try:
         return _fit(config, dataset, run_dir, None, report, callbacks)
     except BaseException:
-        _remove_if_nothing_saved(run_dir)
+        if created:  # never a folder that was there before
+            _remove_if_nothing_saved(run_dir)
         raise
 
 
-# What a run writes before its first checkpoint; a run that fails before then leaves no
-# folder behind, so its name is free for the corrected command.
-_EARLY_FILES = (CONFIG_FILE, "metrics.csv", "replicas.json")
-_EARLY_FOLDERS = ("checkpoints", "tensorboard")
-
-
 def _remove_if_nothing_saved(run_dir: Path) -> None:
-    if not _launched_rank_zero() or any(run_dir.glob("checkpoints/*.ckpt")):
+    """Remove a run directory this process created, when the run failed before saving a
+    checkpoint, a model or a log: its name is then free for the corrected command."""
+    if any(run_dir.rglob("*.ckpt")) or any(run_dir.rglob("events.out.tfevents*")):
         return
     if (run_dir / "model").exists():
         return
-    for name in _EARLY_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    for name in _EARLY_FOLDERS:
-        folder = run_dir / name
-        logged = any(folder.rglob("events.out.tfevents*")) or any(folder.rglob("*.ckpt"))
-        if folder.is_dir() and not logged:
-            shutil.rmtree(folder, ignore_errors=True)
-    try:
-        run_dir.rmdir()  # only if nothing else is in it
-    except OSError:
-        pass
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def check_config(config: TrainConfig) -> None:
@@ -419,6 +420,10 @@ def resume(
     record = read_run_config(run_dir)
     config = TrainConfig.from_dict(record["train"])
     config.progress_bar = report is not None and config.progress_bar
+    for name, value in (record.get("recipe") or {}).items():
+        # The recipe the run started with, even if this version's defaults differ.
+        if getattr(config, name, False) is None:
+            setattr(config, name, value)
     if epochs is not None:
         done = (
             len(read_metrics(run_dir / "metrics.csv")) if (run_dir / "metrics.csv").exists() else 0
@@ -476,8 +481,10 @@ def _fit(
     stop = GracefulStop(run_dir / "checkpoints" / "interrupted.ckpt")
     extra = [metrics, stop, ReplicaCheck(run_dir / "replicas.json"), *(callbacks or [])]
     if recipe.ema_decay:
-        # Validation, checkpoints' state_dict and the saved model all take the average.
-        extra.append(EMAWeightAveraging(decay=recipe.ema_decay))
+        # Validation, checkpoints' state_dict and the saved model all take the average. First
+        # in the list: it swaps the weights back before `stop` saves an interrupted run, and
+        # puts the average in place before `ReplicaCheck` compares the ranks' models.
+        extra.insert(0, WeightAverage(recipe.ema_decay))
     trainer = make_trainer(config, recipe, run_dir, extra)
     module = build_module(config, dataset, recipe, trainer.world_size)
     preprocessing = {**preprocessing_of(dataset), "test_flip": recipe.test_flip}

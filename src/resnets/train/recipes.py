@@ -64,7 +64,7 @@ class Recipe:
 DATASET_RECIPES = {
     "digits": Recipe(epochs=30, batch_size=64, lr=0.1),
     "cifar10": Recipe(epochs=30, batch_size=128, lr=0.1),
-    "signs": Recipe(epochs=60, batch_size=32, lr=0.05),
+    "signs": Recipe(epochs=40, batch_size=32, lr=0.05),
     "folder": Recipe(epochs=30, batch_size=128, lr=0.1),
 }
 
