@@ -68,9 +68,10 @@ DATASET_RECIPES = {
     "folder": Recipe(epochs=30, batch_size=128, lr=0.1),
 }
 
-# The shortest schedule found to take CIFAR ResNet-20 past the paper's 91.25% on a CPU:
-# a larger peak rate, label smoothing (Szegedy et al. 2016), an exponential moving average
-# of the weights evaluated in their place, and the mirror image averaged in at test time.
+# CIFAR ResNet-20 in the least wall-clock time: a larger peak rate, label smoothing
+# (Szegedy et al. 2016), an exponential moving average of the weights evaluated in their
+# place, and the mirror image averaged in at test time. Trained on 40,000 CIFAR-10 images
+# on 2 CPU cores it reached 89.0% on the other 10,000 in 37 minutes (README).
 FAST = Recipe(
     epochs=60, batch_size=128, lr=0.2, label_smoothing=0.1, ema_decay=0.999, test_flip=True
 )
