@@ -34,8 +34,10 @@ def main() -> None:
         val_size=settings["val_size"],
         seed=settings["seed"],
     )
-    images = dataset.held_out.images[: args.count]
-    labels = dataset.held_out.labels[: args.count]
+    # A seeded sample: the held-out split is in file order, that is, class by class.
+    pick = torch.randperm(len(dataset.held_out), generator=torch.Generator().manual_seed(0))
+    images = dataset.held_out.images[pick[: args.count]]
+    labels = dataset.held_out.labels[pick[: args.count]]
 
     # The flip is compared separately: here both paths see each image once.
     fast = Predictor(args.run, backend=args.backend, test_flip=False)
