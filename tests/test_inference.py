@@ -138,3 +138,11 @@ def test_the_fast_recipe_and_its_limits():
     assert (recipe.epochs, recipe.label_smoothing, recipe.test_flip) == (3, 0.1, True)
     assert recipe.ema_decay > 0 and recipe.lr > 0.1
     assert main(["train", "--recipe", "fast", "--print-config"]) == 2  # digits: not its data
+
+
+def test_compiled_predictor_gives_the_eager_logits(averaged_run):
+    images = uint8_images()
+    eager = Predictor(averaged_run.run_dir, precision="32-true", backend="torch")
+    compiled = Predictor(averaged_run.run_dir, precision="32-true", backend="torch", compile=True)
+    assert (compiled.logits(images) - eager.logits(images)).abs().max() < 1e-4
+    assert compiled.model is not compiled._eager  # it compiled, rather than fell back

@@ -17,7 +17,17 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
         help="average each image's logits with its mirror image's (default: as the model "
         "was validated in training)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model first (seconds); pays on thousands of images",
+    )
 
 
 def inference_options(args: argparse.Namespace) -> dict:
-    return {"precision": args.precision, "backend": args.backend, "test_flip": args.test_flip}
+    return {
+        "precision": args.precision,
+        "backend": args.backend,
+        "test_flip": args.test_flip,
+        "compile": args.compile,
+    }

