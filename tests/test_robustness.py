@@ -153,23 +153,37 @@ def _config(tmp_path, name, **changes):
     return TrainConfig(**values)
 
 
-class _SignalAfterEpoch(L.Callback):
-    def __init__(self, epoch):
-        self.epoch = epoch
+class _SignalAt(L.Callback):
+    """SIGTERM after training batch `batch` of epoch `epoch` (None: at the epoch's end)."""
+
+    def __init__(self, epoch, batch=None):
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
+        if trainer.current_epoch == self.epoch and self.batch is None:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-@pytest.mark.parametrize("ema_decay", [None, 0.9], ids=["plain", "weight-average"])
-def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, ema_decay):
+@pytest.mark.parametrize(
+    ("ema_decay", "batch"),
+    [(None, None), (None, 4), (0.9, 4)],
+    ids=["epoch-end", "mid-epoch", "mid-epoch-weight-average"],
+)
+def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(
+    tmp_path, ema_decay, batch
+):
     digits = load_dataset("digits")
     digits.train = digits.train.subset(torch.arange(640))
     whole = train(_config(tmp_path, "whole", ema_decay=ema_decay), dataset=digits)
     with pytest.raises(TrainingError, match="--resume"):
         cut = _config(tmp_path, "cut", ema_decay=ema_decay)
-        train(cut, dataset=digits, callbacks=[_SignalAfterEpoch(0)])
+        train(
+            cut, dataset=digits, callbacks=[_SignalAt(epoch=0 if batch is None else 1, batch=batch)]
+        )
     assert (tmp_path / "cut" / "checkpoints" / "interrupted.ckpt").is_file()
     original = torch.utils.data.Subset  # resume reloads the data itself: give it the subset
     resumed = _resume_with(tmp_path / "cut", digits)

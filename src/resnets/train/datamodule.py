@@ -107,9 +107,9 @@ class ImageDataModule(L.LightningDataModule):
     def _batches_done(self) -> int:
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
 
-    def _loader(self, split: ImageSet, shuffle: bool) -> DataLoader:
+    def _sampler(self, split: ImageSet, shuffle: bool) -> BatchIndexSampler:
         rank, world_size = self._rank()
-        sampler = BatchIndexSampler(
+        return BatchIndexSampler(
             len(split),
             self.batch_size,
             shuffle=shuffle,
@@ -117,6 +117,13 @@ class ImageDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world_size,
         )
+
+    def train_steps_per_epoch(self) -> int:
+        """Optimiser steps in one training epoch on this rank, without building a loader."""
+        return len(self._sampler(self.dataset.train, shuffle=True))
+
+    def _loader(self, split: ImageSet, shuffle: bool) -> DataLoader:
+        sampler = self._sampler(split, shuffle)
         if shuffle:
             return ResumableLoader(_Batches(split), sampler, self._batches_done)
         return DataLoader(_Batches(split), sampler=sampler, batch_size=None, num_workers=0)

@@ -280,6 +280,7 @@ def build_module(config: TrainConfig, dataset: Dataset, recipe: Recipe, world_si
         crop_padding=dataset.crop_padding,
         global_batch_size=recipe.batch_size,
         channels_last=config.channels_last,
+        seed=config.seed,
     )
 
 

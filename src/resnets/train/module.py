@@ -39,8 +39,10 @@ class ClassifierModule(L.LightningModule):
         crop_padding: int,
         global_batch_size: int,
         channels_last: bool = True,
+        seed: int = 0,
     ) -> None:
         super().__init__()
+        self.seed = seed
         self.model = model
         self.recipe = recipe
         self.flip, self.crop_padding = flip, crop_padding
@@ -62,7 +64,7 @@ class ClassifierModule(L.LightningModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
         if self.trainer is not None and self.trainer.training:
-            images = random_crop_flip(images, self.crop_padding, self.flip)
+            images = random_crop_flip(images, self.crop_padding, self.flip, self._batch_generator())
         return normalize(images, self.mean, self.std, self.channels_last), labels
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -100,18 +102,18 @@ class ClassifierModule(L.LightningModule):
         self.log("val_acc", self.val_accuracy, on_step=False, on_epoch=True)
         self.log("val_top5", self.val_top5, on_step=False, on_epoch=True)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Augmentation draws from the global generator: resuming must continue its stream.
-        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
+    def _batch_generator(self) -> torch.Generator:
+        """A generator for this batch's augmentation alone, seeded by (seed, rank, step).
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("rng_state", {})
-        if "torch" in state:
-            torch.set_rng_state(state["torch"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        Its draws depend on nothing else that runs (data loaders, validation, a restore), so
+        a run resumed anywhere, even mid-epoch, augments every later batch as the
+        uninterrupted run did.
+        """
+        step, rank = self.trainer.global_step, self.trainer.global_rank
+        generator = torch.Generator(device=self.device)
+        return generator.manual_seed(
+            ((self.seed * 1_000_003 + rank) * 1_000_000_007 + step) % 2**63
+        )
 
     def configure_optimizers(self):
         recipe = self.recipe
@@ -121,7 +123,14 @@ class ClassifierModule(L.LightningModule):
             momentum=recipe.momentum,
             nesterov=recipe.nesterov,
         )
-        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches // recipe.epochs)
+        # Not `trainer.estimated_stepping_batches`: that builds the training loader before a
+        # checkpoint is restored, and the loader would then never receive its saved position.
+        datamodule = self.trainer.datamodule
+        if hasattr(datamodule, "train_steps_per_epoch"):
+            steps_per_epoch = datamodule.train_steps_per_epoch()
+        else:
+            steps_per_epoch = self.trainer.estimated_stepping_batches // recipe.epochs
+        steps_per_epoch = max(1, steps_per_epoch)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: recipe.lr_factor(step, steps_per_epoch)
         )
