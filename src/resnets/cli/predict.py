@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import sys
 
 from .predict_options import add_inference_arguments, inference_options
 
@@ -17,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print each readable file's classes, and one stderr line per unreadable file (exit 1)."""
     from ..errors import UsageError
     from ..inference.predictor import Predictor
 
@@ -26,26 +28,29 @@ def run(args: argparse.Namespace) -> int:
         args.files, top_k=args.top_k
     )
     if args.json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "file": p.file,
-                        "top": [
-                            {"class": c, "probability": round(q, 6)}
-                            for c, q in zip(p.classes, p.probabilities, strict=True)
-                        ],
-                    }
-                    for p in predictions
-                ],
-                indent=2,
-            )
-        )
-        return 0
-    width = max(len(p.file) for p in predictions)
+        print(json.dumps([_as_json(p) for p in predictions], indent=2))
+    else:
+        _print_table([p for p in predictions if p.error is None])
+    failed = [p for p in predictions if p.error is not None]
+    for p in failed:
+        print(f"resnets predict: error: {p.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _as_json(prediction) -> dict:
+    if prediction.error is not None:
+        return {"file": prediction.file, "error": prediction.error}
+    top = zip(prediction.classes, prediction.probabilities, strict=True)
+    return {
+        "file": prediction.file,
+        "top": [{"class": c, "probability": round(q, 6)} for c, q in top],
+    }
+
+
+def _print_table(predictions: list) -> None:
+    width = max((len(p.file) for p in predictions), default=0)
     for p in predictions:
         ranked = "  ".join(
             f"{c} {100 * q:5.1f}%" for c, q in zip(p.classes, p.probabilities, strict=True)
         )
         print(f"{p.file:<{width}}  {ranked}")
-    return 0

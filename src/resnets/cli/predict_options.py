@@ -4,12 +4,17 @@ import argparse
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--precision", default="auto", help="auto, 32-true or bf16-mixed")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (the default: bf16 where the hardware runs it natively, else float32; "
+        "float32 with --backend onnx), 32-true, bf16-mixed or 16-mixed",
+    )
     parser.add_argument(
         "--backend",
         default="auto",
         choices=["auto", "torch", "onnx"],
-        help="onnx: ONNX Runtime, float32, CPU; auto: ONNX Runtime for float32 on a CPU",
+        help="onnx: ONNX Runtime, float32 only, CPU; auto: ONNX Runtime for float32 on a CPU",
     )
     parser.add_argument(
         "--test-flip",

@@ -7,23 +7,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from .. import hardware
 from ..data.augment import normalize
 from ..data.decode import decode_image
-from ..errors import DataError, UsageError
-from ..weights import load_model_dir, read_model_config
+from ..errors import DataError, UsageError, closest
+from ..weights import WEIGHTS_FILE, load_model_dir, read_model_config
 from .export import onnx_bytes, onnx_runner
 from .fold import fold_batch_norm
 
 log = logging.getLogger(__name__)
 
 
+RUN_CONFIG = "config.yaml"  # train.fit.CONFIG_FILE; importing train would load Lightning
+RUN_CHECKPOINTS = ("last", "step", "interrupted")  # those `resnets train --resume` reads
+NEVER_MIRRORED = ("digits",)  # data.datasets.load_digits: a mirrored digit is another symbol
+
+
 @dataclass
 class Prediction:
     file: str
-    classes: list[str]  # top-k, most probable first
+    classes: list[str]  # top-k, most probable first; empty if the file could not be read
     probabilities: list[float]
+    error: str | None = None  # why the file could not be read: which file, and what is wrong
 
 
 def model_dir_of(path: str | Path) -> Path:
@@ -31,29 +38,142 @@ def model_dir_of(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; expected a run or model directory")
+    if path.is_file():
+        raise UsageError(_not_a_directory(path))
     if (path / "model" / "config.json").is_file():
         return path / "model"
     if (path / "config.json").is_file():
         return path
+    newest = newest_checkpoint(path)
+    if newest is not None:
+        raise FileNotFoundError(
+            f"{path} has no finished model: training stopped before it wrote {path / 'model'}, "
+            f"and its newest checkpoint is {newest.name}; finish the run with: resnets train "
+            f"--resume {path}"
+        )
+    if (path / RUN_CONFIG).is_file():
+        raise FileNotFoundError(
+            f"{path} has no model: training stopped before its first checkpoint; train it "
+            f"again (resnets train --config {path / RUN_CONFIG} repeats its settings)"
+        )
     raise FileNotFoundError(
         f"no trained model in {path}: expected {path}/model/config.json (a finished run) "
         "or config.json and model.safetensors"
     )
 
 
+def _not_a_directory(path: Path) -> str:
+    """What to say when a file is given where a run or model directory belongs."""
+    what = "the training checkpoint" if path.suffix == ".ckpt" else "the file"
+    received = f"expected a run or model directory, got {what} {path}"
+    for folder in path.parents:
+        if (folder / RUN_CONFIG).is_file() or (folder / "model" / "config.json").is_file():
+            return f"{received}; pass the run directory instead: {folder}"
+    for folder in path.parents:
+        if (folder / "config.json").is_file():
+            return f"{received}; pass the model directory instead: {folder}"
+    return f"{received}; pass the folder of a run that resnets train wrote (runs/<run>)"
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The most recently written checkpoint that `resnets train --resume` would continue
+    from, or None if the folder has none."""
+    found = [run_dir / "checkpoints" / f"{name}.ckpt" for name in RUN_CHECKPOINTS]
+    found = [path for path in found if path.is_file()]
+    return max(found, key=lambda path: path.stat().st_mtime_ns) if found else None
+
+
+def warn_if_trained_past(model_dir: Path) -> None:
+    """Warn when the run holding `model_dir` has a checkpoint newer than its model.
+
+    The model is written when a run finishes; a run continued with `--resume --epochs`
+    and stopped again keeps the model of its earlier end until it finishes.
+    """
+    run_dir, weights = model_dir.parent, model_dir / WEIGHTS_FILE
+    newest = newest_checkpoint(run_dir)
+    if newest is None or not weights.is_file():
+        return
+    if newest.stat().st_mtime_ns > weights.stat().st_mtime_ns:
+        log.warning(
+            "%s is older than the run's newest checkpoint %s: the run was continued and has "
+            "not finished, so this is its earlier model; finish the run with: resnets train "
+            "--resume %s --epochs N (N: the total it was extended to)",
+            model_dir,
+            newest,
+            run_dir,
+        )
+
+
+def training_data_of(model_dir: Path) -> str | None:
+    """The dataset spec the model was trained on, from the run config beside it, if any."""
+    path = model_dir.parent / RUN_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        record = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    train = record.get("train") if isinstance(record, dict) else None
+    data = train.get("data") if isinstance(train, dict) else None
+    return data if isinstance(data, str) else None
+
+
+def trained_on_mirror_images(model_dir: Path, preprocessing: dict) -> bool | None:
+    """Whether training flipped the model's images at random; None where nothing says.
+
+    The model's preprocessing says so where it records `flip`; otherwise the run config
+    beside it names the data, and the dataset kinds other than digits are all flipped.
+    """
+    if "flip" in preprocessing:
+        return bool(preprocessing["flip"])
+    data = training_data_of(model_dir)
+    if data is None:
+        return None
+    return data.partition(":")[0] not in NEVER_MIRRORED
+
+
 BACKENDS = ("auto", "torch", "onnx")
+PRECISIONS = {
+    "32-true": torch.float32,
+    "32": torch.float32,
+    "fp32": torch.float32,
+    "bf16-mixed": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "16-mixed": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+class _NoCudaRuntimeFilter(logging.Filter):
+    """Drops PyTorch's "No CUDA runtime is found, using CUDA_HOME=..." warning.
+
+    torch.compile logs it on loading its C++ toolchain on a machine with CUDA tools
+    installed but no GPU; it concerns building CUDA code, which compiling for the CPU
+    does not do.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No CUDA runtime is found")
+
+
+def _silence_cuda_runtime_warning() -> None:
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaRuntimeFilter) for f in logger.filters):
+        logger.addFilter(_NoCudaRuntimeFilter())
 
 
 class Predictor:
     """Loads a model directory once and classifies uint8 image batches or image files.
 
     Args:
-        precision: "auto" uses bf16 where the hardware runs it natively, else float32.
-        backend: "torch"; "onnx" for ONNX Runtime on the CPU, in float32; "auto" takes ONNX
-            Runtime where it measured faster: float32 on a CPU (one without bf16, or
+        precision: "auto" uses bf16 where the hardware runs it natively, else float32
+            (always float32 with backend "onnx"); or one of `PRECISIONS`.
+        backend: "torch"; "onnx" for ONNX Runtime on the CPU, in float32 only; "auto" takes
+            ONNX Runtime where it measured faster: float32 on a CPU (one without bf16, or
             `precision="32-true"`), when onnxruntime is installed.
         test_flip: average the logits of each image and its mirror image; None does what
             the model's recipe did when it was validated (`--test-flip`, `--recipe fast`).
+            Refused for a model trained on images that were never mirrored (digits).
         compile: `torch.compile` the PyTorch model with its weights frozen as constants. It
             takes seconds (20 s for ResNet-50 here) and pays on large evaluations: 1.27x
             faster than eager for ResNet-50 at batch 32 on a 2-core CPU.
@@ -73,6 +193,7 @@ class Predictor:
         if backend not in BACKENDS:
             raise UsageError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
         directory = model_dir_of(path)
+        warn_if_trained_past(directory)
         config = read_model_config(directory)
         self.class_names = config.get("class_names") or [
             str(i) for i in range(config["model"]["num_classes"])
@@ -86,9 +207,9 @@ class Predictor:
         model = load_model_dir(directory).eval()
         self.model = (fold_batch_norm(model) if fold else model).to(self.device)
         self.model.to(memory_format=torch.channels_last)
-        self.dtype = self._choose_dtype(precision)
-        self.test_flip = bool(prep.get("test_flip", False)) if test_flip is None else test_flip
-        self.backend = self._choose_backend(backend)
+        self.dtype = self._choose_dtype(precision, backend)
+        self.test_flip = self._choose_test_flip(test_flip, directory, prep)
+        self.backend = self._choose_backend(backend, precision)
         self._onnx = None
         if self.backend == "onnx":
             example = torch.zeros(1, self.channels, *self.image_size)
@@ -103,31 +224,44 @@ class Predictor:
                 self.model.to(memory_format=torch.channels_last)
         self._eager = self.model
         if compile and self.backend == "torch":
+            if self.device.type == "cpu":
+                _silence_cuda_runtime_warning()
             self.model = torch.compile(self.model, options={"freezing": True})
 
-    def _choose_dtype(self, precision: str) -> torch.dtype:
+    def _choose_dtype(self, precision: str, backend: str) -> torch.dtype:
+        if precision == "auto" and backend == "onnx":
+            return torch.float32  # the one precision the ONNX backend runs
         if precision == "auto":
             precision = hardware.fast_precision("gpu" if self.device.type == "cuda" else "cpu")
-        choices = {
-            "32-true": torch.float32,
-            "32": torch.float32,
-            "fp32": torch.float32,
-            "bf16-mixed": torch.bfloat16,
-            "bf16": torch.bfloat16,
-            "16-mixed": torch.float16,
-            "fp16": torch.float16,
-        }
-        if precision not in choices:
-            raise UsageError(f"unknown precision {precision!r}; expected one of {sorted(choices)}")
-        return choices[precision]
+        if precision not in PRECISIONS:
+            raise UsageError(
+                f"unknown precision {precision!r}; expected auto or one of "
+                f"{', '.join(PRECISIONS)}.{closest(precision, ['auto', *PRECISIONS])}"
+            )
+        return PRECISIONS[precision]
 
-    def _choose_backend(self, backend: str) -> str:
+    def _choose_test_flip(self, test_flip: bool | None, directory: Path, prep: dict) -> bool:
+        if test_flip is None:
+            return bool(prep.get("test_flip", False))
+        if test_flip and trained_on_mirror_images(directory, prep) is False:
+            data = training_data_of(directory) or "images"
+            raise UsageError(
+                f"--test-flip averages each image with its mirror image, but this model was "
+                f"trained on {data}, which training never mirrors (a mirrored image of it "
+                "means something else), so the flip would lower accuracy; drop --test-flip"
+            )
+        return test_flip
+
+    def _choose_backend(self, backend: str, precision: str) -> str:
         if backend == "onnx":
             if self.device.type != "cpu":
                 raise UsageError("the onnx backend runs on the CPU; use --backend torch on a GPU")
             if self.dtype != torch.float32:
-                log.info("the onnx backend runs in float32, not %s", self.dtype)
-                self.dtype = torch.float32
+                raise UsageError(
+                    f"the onnx backend runs in float32 only, so it cannot run --precision "
+                    f"{precision}; drop --precision (or pass 32-true) to use ONNX Runtime, or "
+                    f"pass --backend torch to run in {precision}"
+                )
             return backend
         if backend == "torch" or self.device.type != "cpu" or self.dtype != torch.float32:
             return "torch"
@@ -174,18 +308,42 @@ class Predictor:
         return torch.stack(images)
 
     def predict_files(self, files: list[str | Path], top_k: int = 5) -> list[Prediction]:
-        for file in files:
-            if Path(file).is_dir():
-                raise UsageError(
-                    f"{file} is a folder; expected image files. To classify a folder of "
-                    f"class sub-folders use: resnets evaluate RUN --data folder:{file}"
-                )
-            if not Path(file).is_file():
-                raise FileNotFoundError(f"image file {file} not found")
-        probabilities = self.logits(self.decode(files)).softmax(dim=1)
-        k = min(top_k, len(self.class_names))
-        values, indices = probabilities.topk(k, dim=1)
+        """The top-k classes of each file, in the order given.
+
+        A file that cannot be read (missing, a folder, damaged, not an image) does not stop
+        the others: its `Prediction` has no classes and an `error` that says why.
+        """
+        with ThreadPoolExecutor() as pool:
+            decoded = list(pool.map(self._decode_or_explain, files))
+        readable = [image for image in decoded if isinstance(image, torch.Tensor)]
+        ranked = iter(self._top_k(torch.stack(readable), top_k) if readable else [])
+        predictions = []
+        for file, image in zip(files, decoded, strict=True):
+            if isinstance(image, str):
+                predictions.append(Prediction(str(file), [], [], error=image))
+            else:
+                predictions.append(Prediction(str(file), *next(ranked)))
+        return predictions
+
+    def _top_k(self, images: torch.Tensor, top_k: int) -> list[tuple[list[str], list[float]]]:
+        """The k most probable class names of each image, with their probabilities."""
+        probabilities = self.logits(images).softmax(dim=1)
+        values, indices = probabilities.topk(min(top_k, len(self.class_names)), dim=1)
         return [
-            Prediction(str(f), [self.class_names[i] for i in idx.tolist()], v.tolist())
-            for f, idx, v in zip(files, indices, values, strict=True)
+            ([self.class_names[i] for i in classes], shares)
+            for classes, shares in zip(indices.tolist(), values.tolist(), strict=True)
         ]
+
+    def _decode_or_explain(self, file: str | Path) -> torch.Tensor | str:
+        """The decoded image (C, H, W), or a one-line reason why the file cannot be read."""
+        if Path(file).is_dir():
+            return (
+                f"{file} is a folder; expected an image file. To classify a folder of class "
+                f"sub-folders use: resnets evaluate RUN --data folder:{file}"
+            )
+        try:
+            return decode_image(file, self.channels, self.image_size)
+        except FileNotFoundError:
+            return f"image file {file} not found"
+        except DataError as error:
+            return str(error)
