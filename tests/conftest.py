@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -36,3 +39,15 @@ def make_image_folder(root, classes=("circle", "square"), per_class=12, size=16,
 @pytest.fixture
 def image_folder(tmp_path):
     return make_image_folder(tmp_path / "shapes")
+
+
+def resume_to_the_end(run_dir) -> dict:
+    """Run `resnets train --resume RUN` in a new process; return its last checkpoint."""
+    finished = subprocess.run(
+        [sys.executable, "-m", "resnets", "train", "--resume", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert finished.returncode == 0, finished.stderr
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)

@@ -12,10 +12,11 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import resume_to_the_end
 from PIL import Image, ImageOps
 
 from resnets.data import decode_image, load_dataset
-from resnets.errors import DataError, TrainingError
+from resnets.errors import DataError, TrainingError, UsageError
 from resnets.train import TrainConfig, resume, train
 from resnets.weights import load_weights
 
@@ -197,13 +198,13 @@ def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(
     assert [r["epoch"] for r in resumed.rows] == [1, 2, 3]
 
 
-def _resume_with(run_dir, dataset):
+def _resume_with(run_dir, dataset, **options):
     from resnets.train import fit
 
     load = fit.load_training_data
     fit.load_training_data = lambda config: dataset
     try:
-        return resume(run_dir)
+        return resume(run_dir, **options)
     finally:
         fit.load_training_data = load
 
@@ -239,17 +240,37 @@ def test_sigkill_mid_epoch_then_resume_repeats_only_the_steps_since_the_checkpoi
     assert step_checkpoint.exists(), process.stderr.read().decode()
     saved = torch.load(step_checkpoint, weights_only=True)
     assert saved["epoch"] == 0 and saved["global_step"] % 8 == 0
-    finished = subprocess.run(
-        [sys.executable, "-m", "resnets", "train", "--resume", str(tmp_path / "killed")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert finished.returncode == 0, finished.stderr
-    last = torch.load(tmp_path / "killed" / "checkpoints" / "last.ckpt", weights_only=True)
+    last = resume_to_the_end(tmp_path / "killed")
     steps_per_epoch = 1437 // 32 + 1  # 44 full batches and one of 29
     assert last["global_step"] == 2 * steps_per_epoch  # no batch trained twice or skipped
     assert (tmp_path / "killed" / "model" / "model.safetensors").is_file()
+
+
+def test_an_extended_run_stopped_again_resumes_to_its_new_total(tmp_path):
+    digits = load_dataset("digits")
+    digits.train = digits.train.subset(torch.arange(128))
+    first = train(_config(tmp_path, "grow", epochs=1), dataset=digits)
+    with pytest.raises(TrainingError, match="--resume"):
+        _resume_with(first.run_dir, digits, epochs=3, callbacks=[_SignalAt(epoch=1)])
+    finished = _resume_with(first.run_dir, digits)  # no --epochs: the total was recorded
+    assert [r["epoch"] for r in finished.rows] == [1, 2, 3]
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(tmp_path):
+    import shutil
+
+    digits = load_dataset("digits")
+    digits.train = digits.train.subset(torch.arange(128))
+    first = train(_config(tmp_path, "killed", epochs=1), dataset=digits)
+    shutil.rmtree(first.run_dir / "model")  # what a SIGKILL in epoch 1 leaves: settings only
+    for checkpoint in (first.run_dir / "checkpoints").glob("*.ckpt"):
+        checkpoint.unlink()
+    with pytest.raises(TrainingError, match="nothing to resume; start it again with the same"):
+        resume(first.run_dir)
+    again = train(_config(tmp_path, "killed", epochs=1), dataset=digits)
+    assert (again.run_dir / "model" / "model.safetensors").is_file()
+    with pytest.raises(UsageError, match="already holds a run"):  # now it saved something
+        train(_config(tmp_path, "killed", epochs=1), dataset=digits)
 
 
 class _PoisonWeights(L.Callback):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import resume_to_the_end
 
 
 def _train(tmp_path, *args):
@@ -75,3 +76,36 @@ def test_bad_model_option_is_a_usage_error(bad):
         timeout=120,
     )
     assert process.returncode == 2 and "KEY=VALUE" in process.stderr
+
+
+def test_sigterm_to_every_process_stops_them_all_after_the_same_step_and_resumes(tmp_path):
+    """A cluster stopping a job signals every rank at once; Lightning's own handler could
+    then wait for ever inside a collective. All ranks must stop, save and exit."""
+    import os
+    import signal
+    import time
+
+    import torch
+
+    command = [sys.executable, "-m", "resnets", "train", "--devices", "2", "--accelerator"]
+    command += ["cpu", "--epochs", "3", "--batch-size", "32", "--checkpoint-every", "10"]
+    command += ["--out", str(tmp_path), "--name", "cut", "--precision", "32-true"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    step_checkpoint = tmp_path / "cut" / "checkpoints" / "step.ckpt"
+    deadline = time.time() + 300
+    while not step_checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)  # rank zero and the process it launched
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("the ranks did not stop within 2 minutes of SIGTERM")
+    assert process.returncode == 1, stderr.decode()
+    assert "checkpoint saved" in stderr.decode()
+    saved = torch.load(tmp_path / "cut" / "checkpoints" / "interrupted.ckpt", weights_only=True)
+    last = resume_to_the_end(tmp_path / "cut")
+    steps_per_epoch = 1437 // 2 // 16 + 1  # per rank: 44 batches of 16 and one of 14
+    assert saved["global_step"] < last["global_step"] == 3 * steps_per_epoch

@@ -226,8 +226,8 @@ def test_training_takes_a_run_directory_as_its_model(shapes_run, tmp_path):
 
 def test_predict_on_a_folder_or_a_non_image_says_what_it_expected(shapes_run, tmp_path, capsys):
     result, folder = shapes_run
-    assert main(["predict", str(result.run_dir), str(folder)]) == 2
-    assert "is a folder; expected image files" in capsys.readouterr().err
+    assert main(["predict", str(result.run_dir), str(folder)]) == 1
+    assert "is a folder; expected an image file" in capsys.readouterr().err
     (tmp_path / "notes.png").write_text("not an image")
     assert main(["predict", str(result.run_dir), str(tmp_path / "notes.png")]) == 1
     err = capsys.readouterr().err

@@ -148,7 +148,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read tensors from a .safetensors, .pt/.pth or model directory without running code."""
     path = Path(path)
     if path.is_dir():
-        path = path / WEIGHTS_FILE
+        run_model = path / "model" / WEIGHTS_FILE  # a run directory stands for its model
+        path = run_model if run_model.is_file() else path / WEIGHTS_FILE
     if not path.exists():
         raise FileNotFoundError(f"no weights at {path}: expected a .safetensors, .pt or .pth file")
     if path.suffix == ".safetensors":

@@ -62,8 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.command_argv = argv[argv.index(args.command) + 1 :]  # the words after the command
+    from ..runs import launched_rank_zero
+
+    # The other processes of a data-parallel run would repeat each of rank zero's notes.
+    quiet = logging.ERROR if not launched_rank_zero() else logging.INFO
     logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
+        level=logging.DEBUG if args.debug else quiet,
         format="%(message)s",
         stream=sys.stderr,
     )

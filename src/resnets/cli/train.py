@@ -194,6 +194,18 @@ def run(args: argparse.Namespace) -> int:
     quiet_lightning()
 
     if args.resume:
+        ignored = sorted(flags_given(args.command_argv) - {"resume", "epochs"})
+        if ignored:
+            from ..errors import UsageError
+
+            probe = argparse.ArgumentParser(add_help=False)
+            add_arguments(probe)
+            spelled = {a.dest: a.option_strings[0] for a in probe._actions if a.option_strings}
+            flags = ", ".join(spelled.get(name, name) for name in ignored)
+            raise UsageError(
+                f"--resume continues a run with the settings it started with, so it takes "
+                f"only --epochs; got {flags} as well. Drop them, or start a new run"
+            )
         result = resume(args.resume, report=print_epoch, epochs=args.epochs)
     else:
         config = config_from_args(args)
@@ -204,8 +216,9 @@ def run(args: argparse.Namespace) -> int:
         result = train(config, report=print_epoch)
     if not result.is_global_zero:
         return 0
+    epochs = f"{len(result.rows)} epoch" + ("s" if len(result.rows) != 1 else "")
     print(
-        f"{result.held_out_name} accuracy {100 * result.accuracy:.2f}% after "
-        f"{len(result.rows)} epochs in {result.seconds:.0f}s; run saved to {result.run_dir}"
+        f"{result.held_out_name} accuracy {100 * result.accuracy:.2f}% after {epochs} in "
+        f"{result.seconds:.0f}s; run saved to {result.run_dir}"
     )
     return 0

@@ -93,9 +93,12 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
     """Split `kind:PATH` into the kind and the path; `digits` needs no path."""
     kind, _, path = spec.partition(":")
     if kind not in DATASET_KINDS:
+        hint = closest(kind, DATASET_KINDS)
+        if Path(spec).expanduser().is_dir():
+            hint = f" For a folder of images with one sub-folder per class, write 'folder:{spec}'."
         raise UsageError(
             f"unknown dataset {spec!r}; expected 'digits', 'folder:PATH', 'cifar10:PATH' or "
-            f"'signs:PATH'.{closest(kind, DATASET_KINDS)}"
+            f"'signs:PATH'.{hint}"
         )
     if kind == "digits":
         return kind, None
@@ -180,7 +183,8 @@ def stratified_split(
         )
     classes = int((counts > 0).sum())
     # Stratify where every class can give at least one image to each side.
-    stratify = labels if counts[counts > 0].min() >= 2 and held_count >= classes else None
+    can_stratify = counts[counts > 0].min() >= 2 and classes <= held_count <= len(labels) - classes
+    stratify = labels if can_stratify else None
     if stratify is None:
         log.warning("too few images per class for a stratified split; splitting at random")
     try:

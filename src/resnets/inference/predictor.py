@@ -13,6 +13,7 @@ from .. import hardware
 from ..data.augment import normalize
 from ..data.decode import decode_image
 from ..errors import DataError, UsageError, closest
+from ..runs import RUN_CONFIG, newest_checkpoint
 from ..weights import WEIGHTS_FILE, load_model_dir, read_model_config
 from .export import onnx_bytes, onnx_runner
 from .fold import fold_batch_norm
@@ -20,8 +21,6 @@ from .fold import fold_batch_norm
 log = logging.getLogger(__name__)
 
 
-RUN_CONFIG = "config.yaml"  # train.fit.CONFIG_FILE; importing train would load Lightning
-RUN_CHECKPOINTS = ("last", "step", "interrupted")  # those `resnets train --resume` reads
 NEVER_MIRRORED = ("digits",)  # data.datasets.load_digits: a mirrored digit is another symbol
 
 
@@ -75,14 +74,6 @@ def _not_a_directory(path: Path) -> str:
     return f"{received}; pass the folder of a run that resnets train wrote (runs/<run>)"
 
 
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The most recently written checkpoint that `resnets train --resume` would continue
-    from, or None if the folder has none."""
-    found = [run_dir / "checkpoints" / f"{name}.ckpt" for name in RUN_CHECKPOINTS]
-    found = [path for path in found if path.is_file()]
-    return max(found, key=lambda path: path.stat().st_mtime_ns) if found else None
-
-
 def warn_if_trained_past(model_dir: Path) -> None:
     """Warn when the run holding `model_dir` has a checkpoint newer than its model.
 
@@ -97,7 +88,7 @@ def warn_if_trained_past(model_dir: Path) -> None:
         log.warning(
             "%s is older than the run's newest checkpoint %s: the run was continued and has "
             "not finished, so this is its earlier model; finish the run with: resnets train "
-            "--resume %s --epochs N (N: the total it was extended to)",
+            "--resume %s",
             model_dir,
             newest,
             run_dir,

@@ -168,6 +168,12 @@ def architecture_of(name: str | Path) -> str:
     folder = saved_model_dir(name)
     if folder is not None:
         return read_model_config(folder).get("architecture") or folder.name
+    if (Path(name) / "config.yaml").is_file():
+        raise UsageError(
+            f"{name} is a run that has not finished: it has no model/ yet. Finish it with "
+            f"`resnets train --resume {name}`, or start a new run from a checkpoint's "
+            f"weights with --weights {Path(name) / 'checkpoints' / 'last.ckpt'}"
+        )
     raise UsageError(
         f"unknown model {str(name)!r}; expected a name from `resnets models`, a run "
         f"directory or a model directory holding config.json.{closest(str(name), _REGISTRY)}"

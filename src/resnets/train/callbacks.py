@@ -81,27 +81,40 @@ class EpochMetrics(L.Callback):
 class GracefulStop(L.Callback):
     """On Ctrl-C or SIGTERM, finish the current step and save `interrupted.ckpt`.
 
-    Lightning turns SIGTERM into an exception at the next step boundary; Ctrl-C is turned
-    into the same here, so the checkpoint never holds a half-applied optimiser step.
-    A second Ctrl-C stops at once.
+    Both signals set a flag that every rank checks before each step; in a data-parallel run
+    the ranks agree on it first, so all of them stop after the same step and save the
+    checkpoint together (one rank stopping alone would leave the others waiting in a
+    collective for ever). The checkpoint never holds a half-applied optimiser step.
+    A second signal stops at once.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, checkpoint: Path) -> None:
         self.checkpoint = Path(checkpoint)
         self.requested = False
-        self._previous = None
+        self._previous: dict = {}
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Replaces Lightning's SIGTERM handler (installed after `on_fit_start`), which
+        # broadcasts from inside the handler and can deadlock when every rank receives the
+        # signal, as a cluster sends it.
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._request)
+            self._previous = {s: signal.signal(s, self._request) for s in self.SIGNALS}
 
     def _request(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.requested:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # Before the next step rather than after the last: at a batch's end Lightning has not
+        # yet counted it or stepped the schedule, so a checkpoint then would repeat it.
+        requested = self.requested
+        if trainer.world_size > 1:
+            flag = torch.tensor(float(requested), device=pl_module.device)
+            requested = bool(trainer.strategy.reduce(flag, reduce_op="max") > 0)
+        if requested:
             raise KeyboardInterrupt
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
@@ -113,9 +126,9 @@ class GracefulStop(L.Callback):
         self._restore()
 
     def _restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
 
 def _fmt(value) -> str:

@@ -22,6 +22,7 @@ from .. import hardware
 from ..data.datasets import Dataset, check_val_size, load_dataset, parse_spec
 from ..errors import TrainingError, UsageError, closest
 from ..models.registry import architecture_of, create_model, model_config, saved_model_dir
+from ..runs import RUN_CONFIG, launched_rank_zero, newest_checkpoint
 from ..weights import save_model_dir
 from .callbacks import (
     EpochMetrics,
@@ -44,7 +45,7 @@ warnings.filterwarnings("ignore", message=".*litlogger.*")
 warnings.filterwarnings("ignore", message=".*nn.functional.all_gather is deprecated.*")
 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE = RUN_CONFIG
 # Lightning's names, with its short aliases ("bf16" for "bf16-mixed", "32" for "32-true").
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 PRECISIONS += ("32", "bf16", "16", "64")
@@ -176,17 +177,11 @@ def resolve_recipe(config: TrainConfig) -> Recipe:
 RUN_DIR_VARIABLE = "RESNETS_RUN_DIR"  # hands rank zero's run directory to the other ranks
 
 
-def _launched_rank_zero() -> bool:
-    """Whether this process is rank zero, read from what launchers set before any training."""
-    names = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
-    return all(os.environ.get(name, "0") == "0" for name in names)
-
-
 def make_run_dir(config: TrainConfig) -> tuple[Path, bool]:
     """Create the run directory on rank zero; the other ranks of a data-parallel run get
     the same path, from rank zero (Lightning's launcher) or from `--name` (torchrun, SLURM).
     Returns the path and whether this call created the folder."""
-    if not _launched_rank_zero():
+    if not launched_rank_zero():
         if RUN_DIR_VARIABLE in os.environ:
             return Path(os.environ[RUN_DIR_VARIABLE]), False
         if config.name is None:
@@ -198,10 +193,10 @@ def make_run_dir(config: TrainConfig) -> tuple[Path, bool]:
     kind, _ = parse_spec(config.data)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(config.out) / (config.name or f"{Path(config.model).name}-{kind}-{stamp}")
+    _refuse_a_saved_run(run_dir)
     if (run_dir / CONFIG_FILE).exists():
-        raise UsageError(
-            f"run directory {run_dir} already holds a run; choose another --name, or "
-            f"continue it with --resume {run_dir}"
+        log.warning(
+            "%s holds a run that stopped before its first checkpoint; starting it again", run_dir
         )
     existed = run_dir.exists()
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -255,6 +250,12 @@ def build_module(config: TrainConfig, dataset: Dataset, recipe: Recipe, world_si
         raise UsageError(
             f"--batch-size {recipe.batch_size} is the global batch and must divide evenly "
             f"across {world_size} processes"
+        )
+    if config.recipe == "fast" and tuple(dataset.image_size) != (32, 32):
+        log.warning(
+            "the fast recipe was tuned on 32x32 CIFAR-10 images; these are %dx%d, so its "
+            "epochs and learning rate may not suit them",
+            *dataset.image_size,
         )
     if recipe.test_flip and not dataset.flip:
         raise UsageError(
@@ -401,11 +402,18 @@ def check_config(config: TrainConfig) -> None:
             f"--weights {config.weights} does not exist; expected a .pth, .pt or .safetensors "
             "file or a model directory"
         )
-    named = Path(config.out) / config.name if config.name else None
-    if named is not None and _launched_rank_zero() and (named / CONFIG_FILE).exists():
+    if config.name and launched_rank_zero():
+        _refuse_a_saved_run(Path(config.out) / config.name)
+
+
+def _refuse_a_saved_run(run_dir: Path) -> None:
+    """A run that saved a checkpoint or a model is continued with --resume, never
+    overwritten; one stopped before its first checkpoint may be started again in place."""
+    saved = (run_dir / "model").is_dir() or any((run_dir / "checkpoints").glob("*.ckpt"))
+    if (run_dir / CONFIG_FILE).exists() and saved:
         raise UsageError(
-            f"run directory {named} already holds a run; choose another --name, or "
-            f"continue it with --resume {named}"
+            f"run directory {run_dir} already holds a run; choose another --name, or "
+            f"continue it with --resume {run_dir}"
         )
 
 
@@ -435,6 +443,14 @@ def resume(
                 f"new total and must be at least {done}, got {epochs}"
             )
         config.epochs = epochs
+        if launched_rank_zero() and record["train"].get("epochs") != epochs:
+            # The new total, so that resuming again after another interruption keeps it.
+            record["train"]["epochs"] = epochs
+            if record.get("recipe"):
+                record["recipe"]["epochs"] = epochs
+            partial = run_dir / (CONFIG_FILE + ".partial")
+            partial.write_text(yaml.safe_dump(record, sort_keys=False))
+            partial.replace(run_dir / CONFIG_FILE)
     checkpoint = latest_checkpoint(run_dir)
     log.info("resuming %s from %s", run_dir, checkpoint)
     return _fit(config, load_training_data(config), run_dir, checkpoint, report, callbacks)
@@ -442,16 +458,14 @@ def resume(
 
 def latest_checkpoint(run_dir: Path) -> Path:
     """The most recently written of the run's epoch, step and interrupt checkpoints."""
-    found = [
-        run_dir / "checkpoints" / f"{name}.ckpt"
-        for name in ("last", "step", "interrupted")
-        if (run_dir / "checkpoints" / f"{name}.ckpt").is_file()
-    ]
-    if not found:
+    newest = newest_checkpoint(run_dir)
+    if newest is None:
         raise TrainingError(
-            f"{run_dir} has no checkpoint to resume from; start it again with resnets train"
+            f"{run_dir} stopped before its first checkpoint, so there is nothing to resume; "
+            f"start it again with the same command (resnets train ... --out "
+            f"{run_dir.parent} --name {run_dir.name})"
         )
-    return max(found, key=lambda path: path.stat().st_mtime_ns)
+    return newest
 
 
 def load_training_data(config: TrainConfig) -> Dataset:
@@ -561,4 +575,5 @@ def preprocessing_of(dataset: Dataset) -> dict[str, Any]:
         "mean": list(dataset.mean),
         "std": list(dataset.std),
         "resize": "shorter side, then centre crop",
+        "flip": dataset.flip,  # whether training mirrored images: test-time flip needs it
     }
