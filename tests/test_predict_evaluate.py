@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from resnets.cli.main import main
@@ -112,14 +113,17 @@ def test_evaluate_says_how_to_finish_a_run_without_a_model(copied_run, capsys, l
 
 
 def test_a_model_older_than_the_newest_checkpoint_is_used_with_a_warning(copied_run, caplog):
+    checkpoints = copied_run / "checkpoints"
+    saved = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    earlier = {**saved, "global_step": saved["global_step"] - 5}
+    torch.save(earlier, checkpoints / "step.ckpt")  # written last, as a copy may order them
     with caplog.at_level(logging.WARNING):
         Predictor(copied_run, precision="32-true")
-    assert "older than" not in caplog.text  # a finished run: its model is the newest file
+    assert "older than" not in caplog.text  # the model trained the most steps of any
 
-    checkpoint = copied_run / "checkpoints" / "interrupted.ckpt"
-    shutil.copy(copied_run / "checkpoints" / "last.ckpt", checkpoint)
-    later = (copied_run / "model" / "model.safetensors").stat().st_mtime + 60
-    os.utime(checkpoint, (later, later))
+    torch.save({**saved, "global_step": saved["global_step"] + 5}, checkpoints / "interrupted.ckpt")
+    past = checkpoints.stat().st_mtime - 60  # and written first: steps count, not file times
+    os.utime(checkpoints / "interrupted.ckpt", (past, past))
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         Predictor(copied_run / "model", precision="32-true")

@@ -198,6 +198,34 @@ def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(
     assert [r["epoch"] for r in resumed.rows] == [1, 2, 3]
 
 
+class _CrashAtStep(L.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_a_crash_resumed_from_the_step_checkpoint_ends_with_the_uninterrupted_weights(tmp_path):
+    """step.ckpt is written after a batch's optimiser step but before Lightning counts the
+    batch done; the resumed epoch must not train that batch again."""
+    from safetensors.torch import load_file
+
+    digits = load_dataset("digits")
+    digits.train = digits.train.subset(torch.arange(640))
+    whole = train(_config(tmp_path, "whole", checkpoint_every=5), dataset=digits)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashed = _config(tmp_path, "crashed", checkpoint_every=5)
+        train(crashed, dataset=digits, callbacks=[_CrashAtStep(17)])  # step.ckpt at step 15
+    checkpoints = tmp_path / "crashed" / "checkpoints"
+    assert torch.load(checkpoints / "step.ckpt", weights_only=True)["global_step"] == 15
+    resumed = _resume_with(tmp_path / "crashed", digits)
+    expected = load_file(whole.run_dir / "model" / "model.safetensors")
+    actual = load_file(resumed.run_dir / "model" / "model.safetensors")
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+
+
 def _resume_with(run_dir, dataset, **options):
     from resnets.train import fit
 
@@ -254,6 +282,30 @@ def test_an_extended_run_stopped_again_resumes_to_its_new_total(tmp_path):
         _resume_with(first.run_dir, digits, epochs=3, callbacks=[_SignalAt(epoch=1)])
     finished = _resume_with(first.run_dir, digits)  # no --epochs: the total was recorded
     assert [r["epoch"] for r in finished.rows] == [1, 2, 3]
+    kept = sorted(p.name for p in (first.run_dir / "checkpoints").iterdir())
+    assert kept == ["best.ckpt", "last.ckpt"]  # the interrupted state is superseded
+
+
+def test_resume_refuses_a_total_below_the_epoch_it_stopped_in(tmp_path):
+    digits = load_dataset("digits")
+    digits.train = digits.train.subset(torch.arange(640))
+    with pytest.raises(TrainingError, match="--resume"):
+        train(_config(tmp_path, "cut"), dataset=digits, callbacks=[_SignalAt(epoch=1, batch=4)])
+    with pytest.raises(UsageError, match="trained 1 epochs and part of epoch 2; .* at least 2"):
+        _resume_with(tmp_path / "cut", digits, epochs=1)
+
+
+def test_resume_takes_the_checkpoint_that_trained_most_not_the_latest_written(tmp_path):
+    from resnets.train.fit import latest_checkpoint
+
+    digits = load_dataset("digits")
+    digits.train = digits.train.subset(torch.arange(128))
+    run_dir = train(_config(tmp_path, "done", epochs=2), dataset=digits).run_dir
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    torch.save(
+        {**last, "global_step": last["global_step"] - 2}, run_dir / "checkpoints" / "step.ckpt"
+    )
+    assert latest_checkpoint(run_dir) == run_dir / "checkpoints" / "last.ckpt"
 
 
 def test_a_run_killed_before_its_first_checkpoint_can_be_started_again(tmp_path):

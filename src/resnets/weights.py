@@ -148,12 +148,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read tensors from a .safetensors, .pt/.pth or model directory without running code."""
     path = Path(path)
     if path.is_dir():
+        if (path / "config.yaml").is_file() and not (path / "model").is_dir():
+            raise FileNotFoundError(
+                f"{path} is a run that has not finished: it has no model/ yet. Finish it with "
+                f"`resnets train --resume {path}`, or take a checkpoint's weights: "
+                f"{path / 'checkpoints' / 'last.ckpt'}"
+            )
         run_model = path / "model" / WEIGHTS_FILE  # a run directory stands for its model
         path = run_model if run_model.is_file() else path / WEIGHTS_FILE
     if not path.exists():
         raise FileNotFoundError(f"no weights at {path}: expected a .safetensors, .pt or .pth file")
     if path.suffix == ".safetensors":
-        return _unwrap(load_file(path), path)
+        try:
+            return _unwrap(load_file(path), path)
+        except Exception as error:  # safetensors raises its own error for a damaged header
+            raise DataError(
+                f"{path} is not a readable safetensors file ({error}); it may be truncated: "
+                "copy it again or train the model again"
+            ) from error
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # the unpickler refuses anything beyond plain tensors
@@ -261,8 +273,11 @@ def save_model_dir(
     architecture: str,
     class_names: list[str] | None = None,
     preprocessing: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `config.json` and `model.safetensors`: the layout of a Hugging Face model repo."""
+    """Write `config.json` and `model.safetensors`: the layout of a Hugging Face model repo.
+
+    `training` records how the weights were trained, such as {"steps": 5280}."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {
@@ -271,6 +286,8 @@ def save_model_dir(
         "class_names": list(class_names) if class_names else None,
         "preprocessing": preprocessing or {},
     }
+    if training:
+        config["training"] = training
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = directory / (WEIGHTS_FILE + ".tmp")
     save_file(state, tmp)

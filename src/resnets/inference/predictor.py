@@ -13,8 +13,8 @@ from .. import hardware
 from ..data.augment import normalize
 from ..data.decode import decode_image
 from ..errors import DataError, UsageError, closest
-from ..runs import RUN_CONFIG, newest_checkpoint
-from ..weights import WEIGHTS_FILE, load_model_dir, read_model_config
+from ..runs import RUN_CONFIG, checkpoint_step, newest_checkpoint
+from ..weights import load_model_dir, read_model_config
 from .export import onnx_bytes, onnx_runner
 from .fold import fold_batch_norm
 
@@ -75,23 +75,24 @@ def _not_a_directory(path: Path) -> str:
 
 
 def warn_if_trained_past(model_dir: Path) -> None:
-    """Warn when the run holding `model_dir` has a checkpoint newer than its model.
+    """Warn when the run holding `model_dir` has a checkpoint that trained more steps than
+    the model did.
 
     The model is written when a run finishes; a run continued with `--resume --epochs`
     and stopped again keeps the model of its earlier end until it finishes.
     """
-    run_dir, weights = model_dir.parent, model_dir / WEIGHTS_FILE
-    newest = newest_checkpoint(run_dir)
-    if newest is None or not weights.is_file():
+    steps = (read_model_config(model_dir).get("training") or {}).get("steps")
+    newest = newest_checkpoint(model_dir.parent)
+    if steps is None or newest is None:
         return
-    if newest.stat().st_mtime_ns > weights.stat().st_mtime_ns:
+    if checkpoint_step(newest) > steps:
         log.warning(
             "%s is older than the run's newest checkpoint %s: the run was continued and has "
             "not finished, so this is its earlier model; finish the run with: resnets train "
             "--resume %s",
             model_dir,
             newest,
-            run_dir,
+            model_dir.parent,
         )
 
 

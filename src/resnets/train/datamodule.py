@@ -105,7 +105,9 @@ class ImageDataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
 
     def _batches_done(self) -> int:
-        return self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        # `processed`, not `completed`: a checkpoint saved at a batch's end (step.ckpt) is
+        # written after the batch's optimiser step but before Lightning counts it completed.
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def _sampler(self, split: ImageSet, shuffle: bool) -> BatchIndexSampler:
         rank, world_size = self._rank()

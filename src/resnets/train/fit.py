@@ -433,14 +433,18 @@ def resume(
         # The recipe the run started with, even if this version's defaults differ.
         if getattr(config, name, False) is None:
             setattr(config, name, value)
+    checkpoint = latest_checkpoint(run_dir)
     if epochs is not None:
         done = (
             len(read_metrics(run_dir / "metrics.csv")) if (run_dir / "metrics.csv").exists() else 0
         )
-        if epochs < done:
+        least = max(done, _epochs_begun(checkpoint))
+        if epochs < least:
             raise UsageError(
-                f"{run_dir} has already trained {done} epochs; --epochs with --resume is the "
-                f"new total and must be at least {done}, got {epochs}"
+                f"{run_dir} has already trained {done} epochs"
+                + (f" and part of epoch {least}" if least > done else "")
+                + f"; --epochs with --resume is the new total and must be at least {least}, "
+                f"got {epochs}"
             )
         config.epochs = epochs
         if launched_rank_zero() and record["train"].get("epochs") != epochs:
@@ -451,9 +455,17 @@ def resume(
             partial = run_dir / (CONFIG_FILE + ".partial")
             partial.write_text(yaml.safe_dump(record, sort_keys=False))
             partial.replace(run_dir / CONFIG_FILE)
-    checkpoint = latest_checkpoint(run_dir)
     log.info("resuming %s from %s", run_dir, checkpoint)
     return _fit(config, load_training_data(config), run_dir, checkpoint, report, callbacks)
+
+
+def _epochs_begun(checkpoint: Path) -> int:
+    """The epochs of which the checkpoint had trained at least one batch: an epoch stopped
+    part-way is one that a new --epochs total must include."""
+    saved = torch.load(checkpoint, weights_only=True, mmap=True)
+    progress = saved.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    in_epoch = progress.get("current", {}).get("processed", 0)
+    return int(saved.get("epoch", 0)) + (1 if in_epoch > 0 else 0)
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
@@ -533,7 +545,10 @@ def _fit(
             architecture=architecture,
             class_names=dataset.class_names,
             preprocessing=preprocessing,
+            training={"steps": trainer.global_step},
         )
+        for superseded in ("step", "interrupted"):  # last.ckpt holds the final state
+            (run_dir / "checkpoints" / f"{superseded}.ckpt").unlink(missing_ok=True)
         plot_curves(
             run_dir / "metrics.csv", run_dir / "curves.png", f"{architecture} on {config.data}"
         )
