@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from resnets.cli.main import main
 from resnets.inference import Predictor
@@ -308,3 +309,20 @@ def test_a_failed_run_in_a_folder_that_was_already_there_leaves_it_as_it_was(tmp
     assert main([*argv, "--name", "mine"]) == 1
     assert (mine / "checkpoints" / "notes.txt").read_text() == "the user's"
     assert (mine / "metrics.csv").exists()
+
+
+def test_a_relative_data_path_is_recorded_absolute_so_the_run_works_from_anywhere(
+    tmp_path, monkeypatch, capsys
+):
+    from conftest import make_image_folder
+
+    make_image_folder(tmp_path / "work" / "shapes")
+    monkeypatch.chdir(tmp_path / "work")
+    args = ["train", "--data", "folder:shapes", "--val-size", "4", "--epochs", "1"]
+    assert main([*args, "--out", "runs", "--name", "rel", "--precision", "32-true"]) == 0
+    recorded = yaml.safe_load((tmp_path / "work" / "runs" / "rel" / "config.yaml").read_text())
+    assert recorded["train"]["data"] == f"folder:{tmp_path / 'work' / 'shapes'}"
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "work" / "runs" / "rel")]) == 0
+    assert "4 images from folder:" in capsys.readouterr().out

@@ -7,7 +7,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,13 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from .. import hardware
 from ..data.datasets import Dataset, check_val_size, load_dataset, parse_spec
 from ..errors import TrainingError, UsageError, closest
-from ..models.registry import architecture_of, create_model, model_config, saved_model_dir
+from ..models.registry import (
+    architecture_of,
+    create_model,
+    list_models,
+    model_config,
+    saved_model_dir,
+)
 from ..runs import RUN_CONFIG, launched_rank_zero, newest_checkpoint
 from ..weights import save_model_dir
 from .callbacks import (
@@ -370,6 +376,7 @@ def train(
 ) -> TrainResult:
     """Train `config.model` on `config.data` and write a run directory (see DESIGN.md)."""
     check_config(config)
+    config = _with_absolute_paths(config)
     dataset = dataset or load_training_data(config)
     run_dir, created = make_run_dir(config)
     try:
@@ -378,6 +385,18 @@ def train(
         if created:  # never a folder that was there before
             _remove_if_nothing_saved(run_dir)
         raise
+
+
+def _with_absolute_paths(config: TrainConfig) -> TrainConfig:
+    """The settings with the data, weights and model paths made absolute, so that the run
+    config.yaml records can be resumed and evaluated from any directory."""
+    kind, path = parse_spec(config.data)
+    changes = {"data": f"{kind}:{path.resolve()}"} if path is not None else {}
+    if config.weights is not None:
+        changes["weights"] = str(Path(config.weights).expanduser().resolve())
+    if config.model not in list_models() and saved_model_dir(config.model) is not None:
+        changes["model"] = str(Path(config.model).expanduser().resolve())
+    return replace(config, **changes)
 
 
 def _remove_if_nothing_saved(run_dir: Path) -> None:
