@@ -385,3 +385,17 @@ def test_debug_shows_the_traceback():
         timeout=120,
     )
     assert process.returncode != 0 and "Traceback" in process.stderr
+
+
+def test_a_second_resume_while_the_run_trains_is_refused(tmp_path):
+    from resnets.runs import training_lock
+
+    digits = load_dataset("digits")
+    digits.train = digits.train.subset(torch.arange(128))
+    with pytest.raises(TrainingError, match="--resume"):
+        train(_config(tmp_path, "busy"), dataset=digits, callbacks=[_SignalAt(epoch=0)])
+    with training_lock(tmp_path / "busy"):  # as a first `--resume` holds it while it trains
+        with pytest.raises(TrainingError, match="being trained by another process"):
+            _resume_with(tmp_path / "busy", digits, epochs=5)
+    assert "epochs: 3" in (tmp_path / "busy" / "config.yaml").read_text()  # left as it was
+    assert len(_resume_with(tmp_path / "busy", digits).rows) == 3

@@ -2,6 +2,8 @@
 the run directory's layout, and which process of a data-parallel run this is."""
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 RUN_CONFIG = "config.yaml"  # a run's settings, written when it starts
@@ -41,3 +43,28 @@ def launched_rank_zero() -> bool:
     set in the environment of the processes they start."""
     names = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
     return all(os.environ.get(name, "0") == "0" for name in names)
+
+
+@contextmanager
+def training_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold `RUN/.lock` while this process trains the run, so that a second `resnets train
+    --resume RUN` started meanwhile is refused instead of writing into the same files.
+    Rank zero holds it for a data-parallel run; where `fcntl` is missing it does nothing."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        fcntl = None
+    if fcntl is None or not launched_rank_zero():
+        yield
+        return
+    from .errors import TrainingError
+
+    with open(Path(run_dir) / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(
+                f"{run_dir} is being trained by another process right now; wait for it to "
+                "finish, or stop it (Ctrl-C saves a checkpoint) and resume once"
+            ) from None
+        yield

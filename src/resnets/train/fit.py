@@ -28,7 +28,7 @@ from ..models.registry import (
     model_config,
     saved_model_dir,
 )
-from ..runs import RUN_CONFIG, launched_rank_zero, newest_checkpoint
+from ..runs import RUN_CONFIG, launched_rank_zero, newest_checkpoint, training_lock
 from ..weights import save_model_dir
 from .callbacks import (
     EpochMetrics,
@@ -380,7 +380,8 @@ def train(
     dataset = dataset or load_training_data(config)
     run_dir, created = make_run_dir(config)
     try:
-        return _fit(config, dataset, run_dir, None, report, callbacks)
+        with training_lock(run_dir):
+            return _fit(config, dataset, run_dir, None, report, callbacks)
     except BaseException:
         if created:  # never a folder that was there before
             _remove_if_nothing_saved(run_dir)
@@ -452,30 +453,33 @@ def resume(
         # The recipe the run started with, even if this version's defaults differ.
         if getattr(config, name, False) is None:
             setattr(config, name, value)
-    checkpoint = latest_checkpoint(run_dir)
-    if epochs is not None:
-        done = (
-            len(read_metrics(run_dir / "metrics.csv")) if (run_dir / "metrics.csv").exists() else 0
-        )
-        least = max(done, _epochs_begun(checkpoint))
-        if epochs < least:
-            raise UsageError(
-                f"{run_dir} has already trained {done} epochs"
-                + (f" and part of epoch {least}" if least > done else "")
-                + f"; --epochs with --resume is the new total and must be at least {least}, "
-                f"got {epochs}"
+    with training_lock(run_dir):  # before anything is read or rewritten
+        checkpoint = latest_checkpoint(run_dir)
+        if epochs is not None:
+            done = (
+                len(read_metrics(run_dir / "metrics.csv"))
+                if (run_dir / "metrics.csv").exists()
+                else 0
             )
-        config.epochs = epochs
-        if launched_rank_zero() and record["train"].get("epochs") != epochs:
-            # The new total, so that resuming again after another interruption keeps it.
-            record["train"]["epochs"] = epochs
-            if record.get("recipe"):
-                record["recipe"]["epochs"] = epochs
-            partial = run_dir / (CONFIG_FILE + ".partial")
-            partial.write_text(yaml.safe_dump(record, sort_keys=False))
-            partial.replace(run_dir / CONFIG_FILE)
-    log.info("resuming %s from %s", run_dir, checkpoint)
-    return _fit(config, load_training_data(config), run_dir, checkpoint, report, callbacks)
+            least = max(done, _epochs_begun(checkpoint))
+            if epochs < least:
+                raise UsageError(
+                    f"{run_dir} has already trained {done} epochs"
+                    + (f" and part of epoch {least}" if least > done else "")
+                    + f"; --epochs with --resume is the new total and must be at least {least}, "
+                    f"got {epochs}"
+                )
+            config.epochs = epochs
+            if launched_rank_zero() and record["train"].get("epochs") != epochs:
+                # The new total, so that resuming again after another interruption keeps it.
+                record["train"]["epochs"] = epochs
+                if record.get("recipe"):
+                    record["recipe"]["epochs"] = epochs
+                partial = run_dir / (CONFIG_FILE + ".partial")
+                partial.write_text(yaml.safe_dump(record, sort_keys=False))
+                partial.replace(run_dir / CONFIG_FILE)
+        log.info("resuming %s from %s", run_dir, checkpoint)
+        return _fit(config, load_training_data(config), run_dir, checkpoint, report, callbacks)
 
 
 def _epochs_begun(checkpoint: Path) -> int:
