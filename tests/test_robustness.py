@@ -291,7 +291,7 @@ def test_resume_refuses_a_total_below_the_epoch_it_stopped_in(tmp_path):
     digits.train = digits.train.subset(torch.arange(640))
     with pytest.raises(TrainingError, match="--resume"):
         train(_config(tmp_path, "cut"), dataset=digits, callbacks=[_SignalAt(epoch=1, batch=4)])
-    with pytest.raises(UsageError, match="trained 1 epochs and part of epoch 2; .* at least 2"):
+    with pytest.raises(UsageError, match="trained 1 epoch and part of epoch 2; .* at least 2"):
         _resume_with(tmp_path / "cut", digits, epochs=1)
 
 

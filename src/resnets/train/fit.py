@@ -464,7 +464,7 @@ def resume(
             least = max(done, _epochs_begun(checkpoint))
             if epochs < least:
                 raise UsageError(
-                    f"{run_dir} has already trained {done} epochs"
+                    f"{run_dir} has already trained {done} epoch{'s' if done != 1 else ''}"
                     + (f" and part of epoch {least}" if least > done else "")
                     + f"; --epochs with --resume is the new total and must be at least {least}, "
                     f"got {epochs}"
