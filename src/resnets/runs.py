@@ -38,6 +38,26 @@ def newest_checkpoint(run_dir: str | Path) -> Path | None:
     return max(found, key=lambda path: (checkpoint_step(path), path.stat().st_mtime_ns))
 
 
+def unfinished_run(path: str | Path) -> str | None:
+    """What to tell someone who names a run that has not written its model yet, and how to
+    finish it; None if `path` is not such a run."""
+    path = Path(path)
+    is_run = (path / RUN_CONFIG).is_file() or (path / "checkpoints").is_dir()
+    if not is_run or (path / "model" / "config.json").is_file():
+        return None
+    newest = newest_checkpoint(path)
+    if newest is None:
+        return (
+            f"{path} has no model: training stopped before its first checkpoint; train it "
+            f"again (resnets train --config {path / RUN_CONFIG} repeats its settings)"
+        )
+    return (
+        f"{path} has no finished model: training stopped before it wrote {path / 'model'}, "
+        f"and its newest checkpoint is {newest.name}; finish the run with: resnets train "
+        f"--resume {path}, or start a new run from those weights with --weights {newest}"
+    )
+
+
 def launched_rank_zero() -> bool:
     """Whether this process is rank zero, from what launchers (Lightning's, torchrun, SLURM)
     set in the environment of the processes they start."""

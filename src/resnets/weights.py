@@ -18,6 +18,7 @@ from torch import nn
 
 from .errors import DataError, UsageError
 from .models.resnet import ResNet, ResNetConfig
+from .runs import unfinished_run
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +149,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read tensors from a .safetensors, .pt/.pth or model directory without running code."""
     path = Path(path)
     if path.is_dir():
-        if (path / "config.yaml").is_file() and not (path / "model").is_dir():
-            raise FileNotFoundError(
-                f"{path} is a run that has not finished: it has no model/ yet. Finish it with "
-                f"`resnets train --resume {path}`, or take a checkpoint's weights: "
-                f"{path / 'checkpoints' / 'last.ckpt'}"
-            )
+        unfinished = unfinished_run(path)
+        if unfinished is not None:
+            raise FileNotFoundError(unfinished)
         run_model = path / "model" / WEIGHTS_FILE  # a run directory stands for its model
         path = run_model if run_model.is_file() else path / WEIGHTS_FILE
     if not path.exists():

@@ -13,7 +13,7 @@ from .. import hardware
 from ..data.augment import normalize
 from ..data.decode import decode_image
 from ..errors import DataError, UsageError, closest
-from ..runs import RUN_CONFIG, checkpoint_step, newest_checkpoint
+from ..runs import RUN_CONFIG, checkpoint_step, newest_checkpoint, unfinished_run
 from ..weights import load_model_dir, read_model_config
 from .export import onnx_bytes, onnx_runner
 from .fold import fold_batch_norm
@@ -43,18 +43,9 @@ def model_dir_of(path: str | Path) -> Path:
         return path / "model"
     if (path / "config.json").is_file():
         return path
-    newest = newest_checkpoint(path)
-    if newest is not None:
-        raise FileNotFoundError(
-            f"{path} has no finished model: training stopped before it wrote {path / 'model'}, "
-            f"and its newest checkpoint is {newest.name}; finish the run with: resnets train "
-            f"--resume {path}"
-        )
-    if (path / RUN_CONFIG).is_file():
-        raise FileNotFoundError(
-            f"{path} has no model: training stopped before its first checkpoint; train it "
-            f"again (resnets train --config {path / RUN_CONFIG} repeats its settings)"
-        )
+    unfinished = unfinished_run(path)
+    if unfinished is not None:
+        raise FileNotFoundError(unfinished)
     raise FileNotFoundError(
         f"no trained model in {path}: expected {path}/model/config.json (a finished run) "
         "or config.json and model.safetensors"

@@ -161,6 +161,7 @@ def architecture_of(name: str | Path) -> str:
     """The registered architecture `name` stands for: itself if registered, or the one a
     model directory (`config.json` and `model.safetensors`) records. Raises a UsageError
     that suggests the nearest names otherwise."""
+    from ..runs import unfinished_run
     from ..weights import read_model_config  # weights depends on models
 
     if str(name) in _REGISTRY:
@@ -168,12 +169,9 @@ def architecture_of(name: str | Path) -> str:
     folder = saved_model_dir(name)
     if folder is not None:
         return read_model_config(folder).get("architecture") or folder.name
-    if (Path(name) / "config.yaml").is_file():
-        raise UsageError(
-            f"{name} is a run that has not finished: it has no model/ yet. Finish it with "
-            f"`resnets train --resume {name}`, or start a new run from a checkpoint's "
-            f"weights with --weights {Path(name) / 'checkpoints' / 'last.ckpt'}"
-        )
+    unfinished = unfinished_run(name)
+    if unfinished is not None:
+        raise UsageError(unfinished)
     raise UsageError(
         f"unknown model {str(name)!r}; expected a name from `resnets models`, a run "
         f"directory or a model directory holding config.json.{closest(str(name), _REGISTRY)}"
