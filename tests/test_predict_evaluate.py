@@ -178,6 +178,15 @@ def test_the_onnx_backend_refuses_a_precision_it_cannot_run(digits_run):
     assert Predictor(digits_run, backend="onnx", precision="32-true").backend == "onnx"
 
 
+def test_compile_is_refused_by_the_onnx_backend_and_steers_auto_to_torch(digits_run):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    with pytest.raises(UsageError, match="drop --compile, or pass --backend torch"):
+        Predictor(digits_run, backend="onnx", compile=True)
+    assert Predictor(digits_run, precision="32-true").backend == "onnx"  # auto, float32
+    assert Predictor(digits_run, precision="32-true", compile=True).backend == "torch"
+
+
 def test_the_onnx_backend_says_nothing_about_a_precision_nobody_asked_for(
     digits_run, image_files, capsys, caplog
 ):

@@ -16,7 +16,7 @@ from conftest import resume_to_the_end
 from PIL import Image, ImageOps
 
 from resnets.data import decode_image, load_dataset
-from resnets.errors import DataError, TrainingError, UsageError
+from resnets.errors import DataError, Stopped, TrainingError, UsageError
 from resnets.train import TrainConfig, resume, train
 from resnets.weights import load_weights
 
@@ -180,7 +180,7 @@ def test_sigterm_then_resume_ends_with_the_weights_of_an_uninterrupted_run(
     digits = load_dataset("digits")
     digits.train = digits.train.subset(torch.arange(640))
     whole = train(_config(tmp_path, "whole", ema_decay=ema_decay), dataset=digits)
-    with pytest.raises(TrainingError, match="--resume"):
+    with pytest.raises(Stopped, match="stopped by SIGTERM.*--resume"):
         cut = _config(tmp_path, "cut", ema_decay=ema_decay)
         train(
             cut, dataset=digits, callbacks=[_SignalAt(epoch=0 if batch is None else 1, batch=batch)]
@@ -278,7 +278,7 @@ def test_an_extended_run_stopped_again_resumes_to_its_new_total(tmp_path):
     digits = load_dataset("digits")
     digits.train = digits.train.subset(torch.arange(128))
     first = train(_config(tmp_path, "grow", epochs=1), dataset=digits)
-    with pytest.raises(TrainingError, match="--resume"):
+    with pytest.raises(Stopped, match="stopped by SIGTERM.*--resume"):
         _resume_with(first.run_dir, digits, epochs=3, callbacks=[_SignalAt(epoch=1)])
     finished = _resume_with(first.run_dir, digits)  # no --epochs: the total was recorded
     assert [r["epoch"] for r in finished.rows] == [1, 2, 3]
@@ -289,7 +289,7 @@ def test_an_extended_run_stopped_again_resumes_to_its_new_total(tmp_path):
 def test_resume_refuses_a_total_below_the_epoch_it_stopped_in(tmp_path):
     digits = load_dataset("digits")
     digits.train = digits.train.subset(torch.arange(640))
-    with pytest.raises(TrainingError, match="--resume"):
+    with pytest.raises(Stopped, match="stopped by SIGTERM.*--resume"):
         train(_config(tmp_path, "cut"), dataset=digits, callbacks=[_SignalAt(epoch=1, batch=4)])
     with pytest.raises(UsageError, match="trained 1 epoch and part of epoch 2; .* at least 2"):
         _resume_with(tmp_path / "cut", digits, epochs=1)
@@ -335,7 +335,9 @@ class _PoisonWeights(L.Callback):
 def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     digits = load_dataset("digits")
     digits.train = digits.train.subset(torch.arange(256))
-    with pytest.raises(TrainingError, match=r"at step \d+ \(epoch 2\).*--lr"):
+    with pytest.raises(
+        TrainingError, match=r"at step \d+ \(epoch 2\); last.ckpt, the last good .* kept.*--lr"
+    ):
         train(_config(tmp_path, "nan"), dataset=digits, callbacks=[_PoisonWeights()])
     last = torch.load(tmp_path / "nan" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 0
@@ -366,6 +368,9 @@ def test_a_pickle_that_would_run_code_is_refused_and_the_code_never_runs(tmp_pat
         (["predict", "/no/such/run", "x.png"], 1, "does not exist"),
         (["train", "--epochs", "0"], 2, "--epochs must be at least 1"),
         (["train", "--data", "digts"], 2, "Did you mean 'digits'"),
+        (["train", "--recipe", "quick"], 2, "invalid choice: 'quick'"),  # argparse's own
+        (["predict", "run", "a.png", "--backend", "tvm"], 2, "see resnets predict --help"),
+        (["trian"], 2, "invalid choice: 'trian'"),
     ],
 )
 def test_cli_errors_are_one_line_with_the_right_exit_code(args, code, expected):
@@ -392,7 +397,7 @@ def test_a_second_resume_while_the_run_trains_is_refused(tmp_path):
 
     digits = load_dataset("digits")
     digits.train = digits.train.subset(torch.arange(128))
-    with pytest.raises(TrainingError, match="--resume"):
+    with pytest.raises(Stopped, match="stopped by SIGTERM.*--resume"):
         train(_config(tmp_path, "busy"), dataset=digits, callbacks=[_SignalAt(epoch=0)])
     with training_lock(tmp_path / "busy"):  # as a first `--resume` holds it while it trains
         with pytest.raises(TrainingError, match="being trained by another process"):

@@ -284,7 +284,8 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path,
     argv = ["train", "--data", f"folder:{folder}", "--val-size", "4", "--out", str(tmp_path)]
     argv += ["--batch-size", "4", "--lr", "1e30", "--precision", "32-true"]  # NaN at step 1 of 5
     assert main([*argv, "--name", "diverges"]) == 1
-    assert "loss became" in capsys.readouterr().err
+    assert "loss became" in (err := capsys.readouterr().err)
+    assert "no checkpoint had been written yet" in err and "is kept" not in err
     assert not (tmp_path / "diverges").exists()  # the name is free for the corrected run
 
 
@@ -326,3 +327,14 @@ def test_a_relative_data_path_is_recorded_absolute_so_the_run_works_from_anywher
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "work" / "runs" / "rel")]) == 0
     assert "4 images from folder:" in capsys.readouterr().out
+
+
+def test_train_and_predict_take_the_same_precision_spellings():
+    from resnets.inference.predictor import PRECISIONS as PREDICT
+    from resnets.train.fit import PRECISION_ALIASES
+    from resnets.train.fit import PRECISIONS as TRAIN
+
+    runnable = {name for name in TRAIN if name != "auto" and not name.startswith("64")}
+    assert runnable | set(PRECISION_ALIASES) == set(PREDICT)
+    assert TrainConfig(precision="fp16").precision == "16-mixed"
+    assert TrainConfig(precision="fp32").precision == "32-true"

@@ -2,7 +2,8 @@
 
 Each command is a module of this package with `HELP`, `add_arguments(parser)` and
 `run(args) -> int`. Errors the user caused print as one line on stderr (exit 2 for bad
-usage, 1 for a failed run); `--debug` shows the traceback.
+usage, 1 for a failed run); `--debug` shows the traceback. Ctrl-C prints one line too
+(exit 130), whenever it comes.
 """
 
 import argparse
@@ -24,8 +25,15 @@ COMMANDS = [
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a mistake reported in one line instead of the usage block and a line."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="resnets",
         description="Build, train, understand and serve Residual Networks.",
     )
@@ -58,6 +66,14 @@ def quiet_lightning() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # while Python imports torch, say, before a command runs
+        print("resnets: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
@@ -71,15 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
-    from ..errors import ResnetsError, UsageError
+    from ..errors import ResnetsError, Stopped, UsageError
 
     try:
         return args.handler(args) or 0
     except BrokenPipeError:  # output piped into `head` and the like
         return 0
-    except KeyboardInterrupt:
-        print("resnets: interrupted", file=sys.stderr)
-        return 130
+    except Stopped as stopped:
+        print(f"resnets {args.command}: {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
     except (ResnetsError, OSError) as error:  # OSError: missing, unreadable, unwritable files
         if args.debug:
             raise

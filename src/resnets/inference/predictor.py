@@ -116,13 +116,16 @@ def trained_on_mirror_images(model_dir: Path, preprocessing: dict) -> bool | Non
 
 
 BACKENDS = ("auto", "torch", "onnx")
-PRECISIONS = {
+PRECISIONS = {  # the spellings `resnets train` takes too (Lightning's), and fp32, fp16
     "32-true": torch.float32,
     "32": torch.float32,
     "fp32": torch.float32,
     "bf16-mixed": torch.bfloat16,
+    "bf16-true": torch.bfloat16,
     "bf16": torch.bfloat16,
     "16-mixed": torch.float16,
+    "16-true": torch.float16,
+    "16": torch.float16,
     "fp16": torch.float16,
 }
 
@@ -153,7 +156,7 @@ class Predictor:
             (always float32 with backend "onnx"); or one of `PRECISIONS`.
         backend: "torch"; "onnx" for ONNX Runtime on the CPU, in float32 only; "auto" takes
             ONNX Runtime where it measured faster: float32 on a CPU (one without bf16, or
-            `precision="32-true"`), when onnxruntime is installed.
+            `precision="32-true"`), when onnxruntime is installed and `compile` is off.
         test_flip: average the logits of each image and its mirror image; None does what
             the model's recipe did when it was validated (`--test-flip`, `--recipe fast`).
             Refused for a model trained on images that were never mirrored (digits).
@@ -192,7 +195,7 @@ class Predictor:
         self.model.to(memory_format=torch.channels_last)
         self.dtype = self._choose_dtype(precision, backend)
         self.test_flip = self._choose_test_flip(test_flip, directory, prep)
-        self.backend = self._choose_backend(backend, precision)
+        self.backend = self._choose_backend(backend, precision, compile)
         self._onnx = None
         if self.backend == "onnx":
             example = torch.zeros(1, self.channels, *self.image_size)
@@ -235,10 +238,16 @@ class Predictor:
             )
         return test_flip
 
-    def _choose_backend(self, backend: str, precision: str) -> str:
+    def _choose_backend(self, backend: str, precision: str, compile: bool) -> str:
         if backend == "onnx":
             if self.device.type != "cpu":
                 raise UsageError("the onnx backend runs on the CPU; use --backend torch on a GPU")
+            if compile:
+                raise UsageError(
+                    "--compile compiles the PyTorch model, and the onnx backend does not run "
+                    "it (ONNX Runtime optimises its own graph); drop --compile, or pass "
+                    "--backend torch to compile"
+                )
             if self.dtype != torch.float32:
                 raise UsageError(
                     f"the onnx backend runs in float32 only, so it cannot run --precision "
@@ -246,7 +255,12 @@ class Predictor:
                     f"pass --backend torch to run in {precision}"
                 )
             return backend
-        if backend == "torch" or self.device.type != "cpu" or self.dtype != torch.float32:
+        if (
+            backend == "torch"
+            or compile
+            or self.device.type != "cpu"
+            or self.dtype != torch.float32
+        ):
             return "torch"
         if not all(importlib.util.find_spec(name) for name in ("onnx", "onnxruntime")):
             return "torch"

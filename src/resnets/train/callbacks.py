@@ -93,6 +93,7 @@ class GracefulStop(L.Callback):
     def __init__(self, checkpoint: Path) -> None:
         self.checkpoint = Path(checkpoint)
         self.requested = False
+        self.signum = signal.SIGINT  # the signal that asked to stop
         self._previous: dict = {}
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -106,6 +107,7 @@ class GracefulStop(L.Callback):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        self.signum = signum
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # Before the next step rather than after the last: at a batch's end Lightning has not

@@ -4,6 +4,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import time
 import warnings
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 from .. import hardware
 from ..data.datasets import Dataset, check_val_size, load_dataset, parse_spec
-from ..errors import TrainingError, UsageError, closest
+from ..errors import Stopped, TrainingError, UsageError, closest
 from ..models.registry import (
     architecture_of,
     create_model,
@@ -39,7 +40,7 @@ from .callbacks import (
     read_metrics,
 )
 from .datamodule import ImageDataModule
-from .module import ClassifierModule
+from .module import ClassifierModule, NonFiniteLoss
 from .recipes import Recipe, default_recipe
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ CONFIG_FILE = RUN_CONFIG
 # Lightning's names, with its short aliases ("bf16" for "bf16-mixed", "32" for "32-true").
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 PRECISIONS += ("32", "bf16", "16", "64")
+PRECISION_ALIASES = {"fp32": "32-true", "fp16": "16-mixed"}  # as `predict` also spells them
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
@@ -96,6 +98,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_val_size(self.val_size)
+        self.precision = PRECISION_ALIASES.get(self.precision, self.precision)
         if self.precision not in PRECISIONS:
             raise UsageError(
                 f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}."
@@ -546,11 +549,21 @@ def _fit(
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
     except SystemExit as stopped:  # Ctrl-C or SIGTERM, after Lightning's own clean-up
-        raise TrainingError(
-            f"training stopped by a signal at epoch {trainer.current_epoch + 1}, step "
+        name = signal.Signals(stop.signum).name if stop.requested else "a signal"
+        raise Stopped(
+            f"training stopped by {name} at epoch {trainer.current_epoch + 1}, step "
             f"{trainer.global_step}; checkpoint saved. Continue with: resnets train --resume "
-            f"{run_dir}"
+            f"{run_dir}",
+            signum=stop.signum,
         ) from stopped
+    except NonFiniteLoss as error:
+        newest = newest_checkpoint(run_dir)
+        kept = (
+            f"{newest.name}, the last good checkpoint, is kept"
+            if newest
+            else ("no checkpoint had been written yet")
+        )
+        raise TrainingError(f"{error}; {kept}. {NonFiniteLoss.REMEDY}") from error
     except ValueError as error:
         if "more than 1 value per channel" not in str(error):
             raise

@@ -12,6 +12,12 @@ from ..models.resnet import ResNet
 from .recipes import Recipe
 
 
+class NonFiniteLoss(TrainingError):
+    """The loss became NaN or infinite; the run says which checkpoint it leaves."""
+
+    REMEDY = "Lower --lr, add --warmup-epochs, or train in float32 with --precision 32-true"
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Decay conv and linear weights only: decaying norm scales and biases only shrinks
     them without regularising the function (Goyal et al. 2017; He et al. 2019, sec. 3.3)."""
@@ -72,10 +78,9 @@ class ClassifierModule(L.LightningModule):
         logits = self.model(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.recipe.label_smoothing)
         if not torch.isfinite(loss):
-            raise TrainingError(
+            raise NonFiniteLoss(
                 f"the loss became {loss.item()} at step {self.global_step} (epoch "
-                f"{self.current_epoch + 1}); the last good checkpoint is kept. Lower --lr, add "
-                "--warmup-epochs, or train in float32 with --precision 32-true"
+                f"{self.current_epoch + 1})"
             )
         self.train_accuracy(logits.detach(), labels)
         self.log(
