@@ -41,6 +41,19 @@ def test_folder_with_train_and_val_subfolders_uses_them(tmp_path):
     assert (len(dataset.train), len(dataset.held_out)) == (10, 4)
 
 
+@pytest.mark.parametrize("spec", ["digits", "folder:{tmp}/data"])
+def test_a_val_size_that_cannot_apply_is_named_in_a_warning(spec, tmp_path, caplog):
+    from conftest import make_image_folder
+
+    make_image_folder(tmp_path / "data" / "train", per_class=5)
+    make_image_folder(tmp_path / "data" / "val", per_class=2, seed=3)
+    spec = spec.format(tmp=tmp_path)
+    held_out = len(load_dataset(spec).held_out)
+    assert "ignored" not in caplog.text  # the default says nothing
+    assert len(load_dataset(spec, val_size=3).held_out) == held_out
+    assert f"--val-size 3 is ignored: {spec} comes with its own" in caplog.text
+
+
 def test_cache_returns_the_pixels_decoding_gives(image_folder):
     first = load_dataset(f"folder:{image_folder}", val_size=0.25)
     cached = load_dataset(f"folder:{image_folder}", val_size=0.25)

@@ -65,6 +65,7 @@ class Dataset:
     crop_padding: int
     mean: tuple[float, ...] = field(default=())
     std: tuple[float, ...] = field(default=())
+    split_from_train: bool = False  # the held-out images were drawn by --val-size
 
     def __post_init__(self) -> None:
         if not self.mean:
@@ -107,12 +108,15 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
     return kind, Path(path).expanduser()
 
 
+DEFAULT_VAL_SIZE = 0.1  # of a folder's images, when it has no val/ or test/ folder
+
+
 def load_dataset(
     spec: str,
     *,
     image_size: int | None = None,
     channels: int | None = None,
-    val_size: float = 0.1,
+    val_size: float = DEFAULT_VAL_SIZE,
     seed: int = 0,
     download: bool = False,
     strict: bool = False,
@@ -143,6 +147,14 @@ def load_dataset(
             strict=strict,
         )
     dataset.spec = spec
+    if val_size != DEFAULT_VAL_SIZE and not dataset.split_from_train:
+        log.warning(
+            "--val-size %g is ignored: %s comes with its own %s split (%d images)",
+            val_size,
+            spec,
+            dataset.held_out_name,
+            len(dataset.held_out),
+        )
     return _resize_if_asked(dataset, image_size, channels, kind)
 
 
@@ -367,6 +379,7 @@ def load_folder(
         held_out_name=name,
         flip=True,
         crop_padding=crop_padding,
+        split_from_train=held_root is None,
     )
 
 
