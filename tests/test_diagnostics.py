@@ -231,6 +231,22 @@ def trained_a_little(model: nn.Module, steps: int = 3) -> nn.Module:
     return model
 
 
+def test_spread_is_reported_over_all_layers_without_the_classifier_and_inside_blocks():
+    from resnets.diagnostics.gradients import gradient_spread
+
+    norms = {"stem.0.conv": 8.0, "stages.0.0.branch.0.conv": 2.0}
+    norms |= {"stages.0.0.shortcut.0.conv": 100.0, "stages.1.0.branch.0.conv": 0.5, "head": 16.0}
+    rows = [
+        {"step": 0, "layer": name, "depth": depth, "grad_norm": norm, "block": name[:10]}
+        for depth, (name, norm) in enumerate(norms.items(), start=1)
+    ]
+    rows[0]["block"], rows[-1]["block"] = "stem", "head"
+    spread = gradient_spread(rows)
+    assert (spread.layers, spread.ratio, spread.hidden_ratio) == (4, 32.0, 16.0)  # no shortcut
+    assert (spread.block_layers, spread.blocks_ratio) == (2, 4.0)
+    assert "4x over the 2 convolutions inside the blocks" in spread.describe()
+
+
 def test_deepened_model_keeps_its_logits_and_trains_on():
     torch.manual_seed(0)
     model = trained_a_little(small_model("resnet20"))

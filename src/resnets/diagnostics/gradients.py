@@ -82,8 +82,10 @@ class Spread:
     `ratio` is the largest per-layer gradient norm over the smallest, over every layer
     from the stem to the classifier; `hidden_ratio` leaves out the classifier, whose
     gradient scales with the size of the features rather than with what backpropagation
-    through depth did to it. Layers whose gradient is exactly zero (underflowed float32)
-    make the ratios infinite; `vanished` counts them.
+    through depth did to it; `blocks_ratio` takes only the convolutions inside the
+    blocks (the stages), leaving out the stem too, whose input is the image. Layers whose
+    gradient is exactly zero (underflowed float32) make the ratios infinite; `vanished`
+    counts them.
     """
 
     step: int
@@ -95,6 +97,8 @@ class Spread:
     smallest: dict
     vanished: int = 0
     nonzero_ratio: float = math.nan  # over the layers whose gradient is not exactly zero
+    blocks_ratio: float = math.nan
+    block_layers: int = 0
 
     def describe(self) -> str:
         if self.vanished:
@@ -105,7 +109,13 @@ class Spread:
         else:
             spread = (
                 f"{self.ratio:.4g}x over all {self.layers} layers "
-                f"({self.hidden_ratio:.4g}x without the classifier)"
+                f"({self.hidden_ratio:.4g}x without the classifier"
+                + (
+                    f", {self.blocks_ratio:.4g}x over the {self.block_layers} convolutions "
+                    "inside the blocks)"
+                    if self.block_layers
+                    else ")"
+                )
             )
         return (
             f"gradient norm spread at step {self.step}: {spread}; largest "
@@ -238,6 +248,7 @@ def gradient_spread(layer_rows: list[dict], step: int = 0) -> Spread:
         raise ValueError(f"no finite gradient norms recorded at step {step}")
     third = max(1, len(rows) // 3)
     early, late = _log_mean(rows[:third]), _log_mean(rows[-third:])
+    in_blocks = [r for r in rows if str(r.get("block", "")).startswith("stages.")]
     return Spread(
         step=step,
         layers=len(rows),
@@ -248,6 +259,8 @@ def gradient_spread(layer_rows: list[dict], step: int = 0) -> Spread:
         smallest=min(rows, key=lambda r: r["grad_norm"]),
         vanished=sum(r["grad_norm"] == 0 for r in rows),
         nonzero_ratio=_ratio([r for r in rows if r["grad_norm"] > 0] or rows),
+        blocks_ratio=_ratio(in_blocks) if in_blocks else math.nan,
+        block_layers=len(in_blocks),
     )
 
 
