@@ -2,6 +2,7 @@
 
 import csv
 import math
+import re
 
 import lightning as L
 import pytest
@@ -317,7 +318,9 @@ def test_compare_does_not_retrain_finished_runs(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert calls == []
-    assert "read the finished runs of plain20, resnet20" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "read the finished runs of plain20, resnet20" in printed
+    assert re.search(r"plain20 [\d.e+]+x \([\d.e+]+x inside the blocks\), resnet20", printed)
     with open(out / "results.csv", newline="") as stream:
         assert list(csv.DictReader(stream)) == first
 

@@ -66,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
     if reused:
         print(f"read the finished runs of {', '.join(reused)} from {result.out}")
     print(render_table(result))
-    spreads = ", ".join(f"{m} {s:.3g}x" for m, s in result.init_spread.items())
+    spreads = ", ".join(
+        f"{m} {s.ratio:.3g}x ({s.blocks_ratio:.3g}x inside the blocks)"
+        for m, s in result.init_spread.items()
+    )
     print(f"gradient norm spread (max/min over layers) at initialisation: {spreads}")
     print(f"figures and tables in {result.out}: " + ", ".join(p.name for p in result.files))
     return 0

@@ -27,7 +27,7 @@ from ..train.callbacks import read_metrics
 from ..train.fit import CONFIG_FILE, TrainConfig, resolve_recipe
 from ..weights import count_parameters
 from . import plots
-from .gradients import build_model, gradient_spread, gradients_at_init, training_batches
+from .gradients import Spread, build_model, gradient_spread, gradients_at_init, training_batches
 from .recorder import LAYER_COLUMNS
 from .tables import write_csv
 
@@ -98,7 +98,7 @@ class CompareResult:
     out: Path
     results: list[ModelResult]
     held_out_name: str
-    init_spread: dict[str, float]
+    init_spread: dict[str, Spread]  # of the gradient norms at initialisation, per model
     files: list[Path] = field(default_factory=list)
 
 
@@ -243,7 +243,7 @@ def compare(
         out=out,
         results=results,
         held_out_name=dataset.held_out_name,
-        init_spread={m: gradient_spread(rows).ratio for m, rows in per_model.items()},
+        init_spread={m: gradient_spread(rows) for m, rows in per_model.items()},
     )
     result.files = write_outputs(result, per_model, config, dataset)
     return result
