@@ -225,10 +225,24 @@ def test_training_takes_a_run_directory_as_its_model(shapes_run, tmp_path):
     assert saved["architecture"] == "resnet20"
 
 
-def test_predict_on_a_folder_or_a_non_image_says_what_it_expected(shapes_run, tmp_path, capsys):
+def test_predict_on_a_folder_classifies_every_image_under_it(shapes_run, tmp_path, capsys):
     result, folder = shapes_run
-    assert main(["predict", str(result.run_dir), str(folder)]) == 1
-    assert "is a folder; expected an image file" in capsys.readouterr().err
+    assert main(["predict", str(result.run_dir), str(folder), "--top-k", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == sorted(str(p) for p in folder.rglob("*.png"))
+    circles = [line.split()[1] for line in lines if "/circle/" in line]
+    assert len(circles) == 48
+    assert circles.count("circle") > 0.8 * len(circles)  # the model's answer, not a guess
+
+
+def test_predict_on_an_empty_folder_or_a_non_image_says_what_it_expected(
+    shapes_run, tmp_path, capsys
+):
+    result, _ = shapes_run
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    assert main(["predict", str(result.run_dir), str(tmp_path / "empty")]) == 1
+    assert "is a folder with no image files in it" in capsys.readouterr().err
     (tmp_path / "notes.png").write_text("not an image")
     assert main(["predict", str(result.run_dir), str(tmp_path / "notes.png")]) == 1
     err = capsys.readouterr().err

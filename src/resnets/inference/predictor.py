@@ -2,6 +2,7 @@
 
 import importlib.util
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,25 @@ log = logging.getLogger(__name__)
 
 
 NEVER_MIRRORED = ("digits",)  # data.datasets.load_digits: a mirrored digit is another symbol
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+def image_files_under(path: str | Path) -> list[str | Path]:
+    """A folder's image files (by suffix, at any depth, hidden ones left out, sorted); any
+    other path as it is. An empty folder stays itself, so that it is reported."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return [path]
+    found = sorted(
+        str(file)
+        for file in folder.rglob("*")
+        if file.suffix.lower() in IMAGE_SUFFIXES
+        and file.is_file()
+        and not any(part.startswith(".") for part in file.relative_to(folder).parts)
+    )
+    return found or [path]
 
 
 @dataclass
@@ -305,22 +325,32 @@ class Predictor:
         return torch.stack(images)
 
     def predict_files(self, files: list[str | Path], top_k: int = 5) -> list[Prediction]:
-        """The top-k classes of each file, in the order given.
+        """The top-k classes of each file, in the order given; see `iter_predictions`."""
+        return list(self.iter_predictions(files, top_k))
 
-        A file that cannot be read (missing, a folder, damaged, not an image) does not stop
-        the others: its `Prediction` has no classes and an `error` that says why.
+    def iter_predictions(
+        self, files: list[str | Path], top_k: int = 5, chunk_size: int = 512
+    ) -> Iterator[Prediction]:
+        """The top-k classes of each file, in the order given, as they are computed.
+
+        A folder stands for the image files under it (`image_files_under`). Files are
+        decoded and classified `chunk_size` at a time, so memory stays bounded however
+        many there are. A file that cannot be read (missing, damaged, not an image, a
+        folder without images) does not stop the others: its `Prediction` has no classes
+        and an `error` that says why.
         """
+        files = [f for given in files for f in image_files_under(given)]
         with ThreadPoolExecutor() as pool:
-            decoded = list(pool.map(self._decode_or_explain, files))
-        readable = [image for image in decoded if isinstance(image, torch.Tensor)]
-        ranked = iter(self._top_k(torch.stack(readable), top_k) if readable else [])
-        predictions = []
-        for file, image in zip(files, decoded, strict=True):
-            if isinstance(image, str):
-                predictions.append(Prediction(str(file), [], [], error=image))
-            else:
-                predictions.append(Prediction(str(file), *next(ranked)))
-        return predictions
+            for start in range(0, len(files), chunk_size):
+                chunk = files[start : start + chunk_size]
+                decoded = list(pool.map(self._decode_or_explain, chunk))
+                readable = [image for image in decoded if isinstance(image, torch.Tensor)]
+                ranked = iter(self._top_k(torch.stack(readable), top_k) if readable else [])
+                for file, image in zip(chunk, decoded, strict=True):
+                    if isinstance(image, str):
+                        yield Prediction(str(file), [], [], error=image)
+                    else:
+                        yield Prediction(str(file), *next(ranked))
 
     def _top_k(self, images: torch.Tensor, top_k: int) -> list[tuple[list[str], list[float]]]:
         """The k most probable class names of each image, with their probabilities."""
@@ -335,8 +365,8 @@ class Predictor:
         """The decoded image (C, H, W), or a one-line reason why the file cannot be read."""
         if Path(file).is_dir():
             return (
-                f"{file} is a folder; expected an image file. To classify a folder of class "
-                f"sub-folders use: resnets evaluate RUN --data folder:{file}"
+                f"{file} is a folder with no image files in it ({', '.join(IMAGE_SUFFIXES[:4])}"
+                ", ...); give image files or a folder that holds some"
             )
         try:
             return decode_image(file, self.channels, self.image_size)
