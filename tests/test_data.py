@@ -54,6 +54,30 @@ def test_a_val_size_that_cannot_apply_is_named_in_a_warning(spec, tmp_path, capl
     assert f"--val-size 3 is ignored: {spec} comes with its own" in caplog.text
 
 
+def test_a_folder_over_the_memory_budget_is_read_from_its_files_with_the_same_pixels(
+    image_folder, monkeypatch
+):
+    from resnets.data.folders import FileImages
+
+    in_memory = load_dataset(f"folder:{image_folder}", val_size=6)
+    monkeypatch.setenv("RESNETS_MEMORY_BUDGET_GB", "0.000001")  # 1 KiB: 24 images do not fit
+    from_files = load_dataset(f"folder:{image_folder}", val_size=6)
+    assert isinstance(from_files.train.images, FileImages) and in_memory.train.in_memory
+    for ours, theirs in [
+        (in_memory.train, from_files.train),
+        (in_memory.held_out, from_files.held_out),
+    ]:
+        assert ours.files == theirs.files and torch.equal(ours.labels, theirs.labels)
+        assert torch.equal(ours.images, theirs.images[:])
+        picked = torch.tensor([3, 0, 3])
+        assert torch.equal(ours.images[picked], theirs.images[picked])
+    assert from_files.mean == in_memory.mean and from_files.std == in_memory.std
+    assert from_files.image_size == (16, 16) and from_files.channels == 3
+    monkeypatch.delenv("RESNETS_MEMORY_BUDGET_GB")
+    kept_on_disk = load_dataset(f"folder:{image_folder}", val_size=6, in_memory=False)
+    assert not kept_on_disk.train.in_memory  # asked for, whatever the budget
+
+
 def test_cache_returns_the_pixels_decoding_gives(image_folder):
     first = load_dataset(f"folder:{image_folder}", val_size=0.25)
     cached = load_dataset(f"folder:{image_folder}", val_size=0.25)

@@ -85,6 +85,36 @@ def test_predict_cli_agrees_with_evaluate_cli(shapes_run, tmp_path, capsys):
     assert (tmp_path / "confusion.png").stat().st_size > 0
 
 
+def test_training_from_files_ends_with_the_weights_of_training_in_memory(tmp_path):
+    from conftest import make_image_folder
+
+    from resnets.weights import load_model_dir
+
+    folder = make_image_folder(tmp_path / "shapes", per_class=20)
+    results = {}
+    for in_memory in (True, False):  # False: DataLoader workers decode each batch's files
+        config = TrainConfig(
+            data=f"folder:{folder}",
+            in_memory=in_memory,
+            epochs=2,
+            batch_size=8,
+            val_size=8,
+            out=str(tmp_path),
+            name=f"in-memory-{in_memory}",
+            progress_bar=False,
+            precision="32-true",
+        )
+        results[in_memory] = train(config)
+    assert results[True].rows == [
+        {**row, "images_per_s": ours["images_per_s"], "epoch_time_s": ours["epoch_time_s"]}
+        for ours, row in zip(results[True].rows, results[False].rows, strict=True)
+    ]
+    weights = [load_model_dir(r.run_dir / "model").state_dict() for r in results.values()]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    saved = yaml.safe_load((results[False].run_dir / "config.yaml").read_text())
+    assert saved["dataset"]["in_memory"] is False
+
+
 def test_same_seed_gives_the_same_run_on_cpu(tmp_path):
     def run(name):
         config = TrainConfig(
@@ -255,6 +285,24 @@ def test_evaluate_without_data_scores_only_the_held_out_images(shapes_run, tmp_p
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 16  # --val-size 16 of the 96 images, none of the training ones
     assert report["data"].endswith("(held-out split)")
+
+
+def test_evaluate_reads_a_folder_over_the_memory_budget_from_its_files(
+    shapes_run, tmp_path, monkeypatch, capsys
+):
+    result, folder = shapes_run
+    args = ["evaluate", str(result.run_dir), "--data", f"folder:{folder}", "--json"]
+    assert main([*args, "--out", str(tmp_path / "in-memory")]) == 0
+    in_memory = json.loads(capsys.readouterr().out)
+    monkeypatch.setenv("RESNETS_MEMORY_BUDGET_GB", "0.000001")
+    assert main([*args, "--out", str(tmp_path / "from-files")]) == 0
+    from_files = json.loads(capsys.readouterr().out)
+    assert in_memory["images"] == from_files["images"] == 96
+    assert {**from_files, "out": None} == {**in_memory, "out": None}
+    predictions = [
+        (tmp_path / d / "predictions.csv").read_text() for d in ("in-memory", "from-files")
+    ]
+    assert predictions[0] == predictions[1]
 
 
 @pytest.mark.parametrize(

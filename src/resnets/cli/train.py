@@ -59,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, help="resize images to this square side")
     parser.add_argument("--channels", type=int, choices=[1, 3], help="1 grey or 3 RGB (folders)")
     parser.add_argument("--strict", action="store_true", help="fail on unreadable files")
+    parser.add_argument(
+        "--in-memory",
+        action=argparse.BooleanOptionalAction,
+        help="folders: decode every image once into memory (the default when they take at "
+        "most a quarter of it, RESNETS_MEMORY_BUDGET_GB), or with --no-in-memory decode "
+        "each batch's files in DataLoader workers",
+    )
     parser.add_argument("--download", action="store_true", help="download CIFAR-10 if missing")
     parser.add_argument(
         "--precision",

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError, UsageError, closest
-from .folders import FolderScan, decode_files, scan_folder
+from .folders import FileImages, FolderScan, load_images, scan_folder
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +37,25 @@ CIFAR10_CLASSES = [
 
 @dataclass
 class ImageSet:
-    """Decoded images (N, C, H, W) uint8 with their int64 labels (N,)."""
+    """Images (N, C, H, W) uint8 with their int64 labels (N,): decoded in memory, or
+    `FileImages` decoded when indexed (folders larger than the memory budget)."""
 
-    images: torch.Tensor
+    images: torch.Tensor | FileImages
     labels: torch.Tensor
     files: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.images, torch.Tensor)
+
     def subset(self, indices: np.ndarray | torch.Tensor) -> "ImageSet":
         indices = torch.as_tensor(indices, dtype=torch.long)
         files = [self.files[i] for i in indices.tolist()] if self.files else None
-        return ImageSet(self.images[indices], self.labels[indices], files)
+        images = self.images[indices] if self.in_memory else self.images.take(indices)
+        return ImageSet(images, self.labels[indices], files)
 
 
 @dataclass
@@ -84,8 +90,16 @@ class Dataset:
         return len(self.class_names)
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images, on the 0-1 scale."""
+def channel_stats(
+    images: torch.Tensor | FileImages, sample: int = 2048
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, on the 0-1 scale; of a seeded sample of
+    `sample` images when they are files not yet decoded."""
+    if isinstance(images, FileImages):
+        if len(images) > sample:
+            generator = torch.Generator().manual_seed(0)
+            images = images.take(torch.randperm(len(images), generator=generator)[:sample])
+        images = images[:]
     flat = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255.0
     return tuple(flat.mean(1).tolist()), tuple(flat.std(1).clamp_min(1e-3).tolist())
 
@@ -120,6 +134,7 @@ def load_dataset(
     seed: int = 0,
     download: bool = False,
     strict: bool = False,
+    in_memory: bool | None = None,
 ) -> Dataset:
     """Load a dataset named on the command line (see DESIGN.md, "Datasets names").
 
@@ -127,6 +142,9 @@ def load_dataset(
         val_size: for folders without a val/ or test/ split, the held-out part of the
             training images: a fraction below 1, or a number of images.
         seed: seeds the train/val split of folders (the other datasets' splits are fixed).
+        in_memory: for folders: decode the images into memory once (True), or decode
+            them batch by batch as they are used (False); None chooses by their size
+            against `memory_budget()`. The other datasets are always in memory.
     """
     kind, path = parse_spec(spec)
     if path is not None and not path.exists():
@@ -145,6 +163,7 @@ def load_dataset(
             val_size=val_size,
             seed=seed,
             strict=strict,
+            in_memory=in_memory,
         )
     dataset.spec = spec
     if val_size != DEFAULT_VAL_SIZE and not dataset.split_from_train:
@@ -167,8 +186,15 @@ def _resize_if_asked(dataset: Dataset, image_size: int | None, channels: int | N
     if image_size is None or tuple(dataset.image_size) == (image_size, image_size):
         return dataset
     for split in (dataset.train, dataset.held_out):
-        split.images = resize_uint8(split.images, (image_size, image_size))
+        split.images = resized(split.images, (image_size, image_size))
     return dataset
+
+
+def resized(images: torch.Tensor | FileImages, size: tuple[int, int]):
+    """`images` at `size`: resized now, or to be decoded at that size."""
+    if isinstance(images, FileImages):
+        return images.at_size(size)
+    return resize_uint8(images, size)
 
 
 def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -349,8 +375,12 @@ def load_folder(
     val_size: float,
     seed: int,
     strict: bool,
+    in_memory: bool | None = None,
 ) -> Dataset:
-    """One sub-folder per class; `train/` and `val/` (or `test/`) are used when present."""
+    """One sub-folder per class; `train/` and `val/` (or `test/`) are used when present.
+
+    `in_memory`: decode every image once into memory (True), read files batch by batch
+    (False), or decide by `memory_budget()` (None)."""
     train_root, held_root = _folder_roots(path)
     train_scan = scan_folder(train_root, strict=strict)
     class_names = train_scan.class_names
@@ -361,10 +391,10 @@ def load_folder(
         )
     channels = channels or train_scan.guess_channels()
     size = (image_size, image_size) if image_size else train_scan.guess_size()
-    train = decode_files(train_scan, channels, size, strict=strict)
+    train = load_images(train_scan, channels, size, strict=strict, in_memory=in_memory)
     if held_root is not None:
         held_scan = scan_folder(held_root, strict=strict, class_names=class_names)
-        held = decode_files(held_scan, channels, size, strict=strict)
+        held = load_images(held_scan, channels, size, strict=strict, in_memory=in_memory)
         name = "val"
     else:
         train_idx, held_idx = stratified_split(train.labels.numpy(), val_size, seed)

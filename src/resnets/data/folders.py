@@ -1,5 +1,6 @@
 """Image folders: scanning for classes and unreadable files, parallel decoding, a disk cache."""
 
+import functools
 import hashlib
 import json
 import logging
@@ -137,6 +138,114 @@ def _try_decode(path: Path, channels: int, size: tuple[int, int]) -> torch.Tenso
         return decode_image(path, channels, size)
     except DataError as error:
         return str(error)
+
+
+def memory_budget() -> int:
+    """Bytes of decoded images a folder may take in memory: a quarter of this machine's
+    memory, or RESNETS_MEMORY_BUDGET_GB."""
+    value = os.environ.get("RESNETS_MEMORY_BUDGET_GB")
+    if value:
+        try:
+            return int(float(value) * 2**30)
+        except ValueError:
+            raise DataError(
+                f"RESNETS_MEMORY_BUDGET_GB must be a number of GiB, such as 4; got {value!r}"
+            ) from None
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+class FileImages:
+    """Image files decoded when indexed: a folder too large to hold decoded in memory.
+
+    Indexed like the first dimension of a uint8 (N, C, H, W) tensor (an int, a slice or a
+    tensor of indices), it decodes just those files, in parallel threads (one at a time
+    inside a DataLoader worker, which is itself one of several processes), with the same
+    decoder as the in-memory sets, so both give the same pixels.
+    """
+
+    def __init__(self, files: list[str], channels: int, size: tuple[int, int]) -> None:
+        self.files, self.channels, self.size = list(files), channels, tuple(size)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.files), self.channels, *self.size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def take(self, indices) -> "FileImages":
+        """The files at `indices`, still undecoded."""
+        chosen = torch.as_tensor(indices, dtype=torch.long).tolist()
+        return FileImages([self.files[i] for i in chosen], self.channels, self.size)
+
+    def at_size(self, size: tuple[int, int]) -> "FileImages":
+        return FileImages(self.files, self.channels, size)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, int):
+            return decode_image(self.files[index], self.channels, self.size)
+        files = self.files[index] if isinstance(index, slice) else self.take(index).files
+        decode = functools.partial(decode_image, channels=self.channels, size=self.size)
+        if torch.utils.data.get_worker_info() is not None or len(files) < 2:
+            images = [decode(f) for f in files]
+        else:
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+                images = list(pool.map(decode, files))
+        if not images:
+            return torch.empty(0, *self.shape[1:], dtype=torch.uint8)
+        return torch.stack(images)
+
+
+def _check_header(path: Path) -> str | None:
+    """Why Pillow cannot open `path` as an image, reading its header only; None if it can."""
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018
+        return None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        return f"cannot read image {path}: {error}"
+
+
+def load_images(
+    scan: FolderScan,
+    channels: int,
+    size: tuple[int, int],
+    *,
+    strict: bool = False,
+    in_memory: bool | None = None,
+):
+    """The scanned files as an `ImageSet`: decoded into memory (`decode_files`) when they fit
+    in `memory_budget()` or `in_memory` is True, else `FileImages` decoded batch by batch.
+
+    Files left undecoded are checked by their headers now; one that is damaged further in
+    stops training when its batch is read, naming the file.
+    """
+    from .datasets import ImageSet
+
+    decoded_bytes = len(scan.files) * channels * size[0] * size[1]
+    if in_memory is None:
+        in_memory = decoded_bytes <= memory_budget()
+        if not in_memory:
+            log.info(
+                "%d images of %dx%d take %.1f GiB decoded, more than the memory budget "
+                "(%.1f GiB, RESNETS_MEMORY_BUDGET_GB); decoding them batch by batch instead",
+                len(scan.files),
+                *size,
+                decoded_bytes / 2**30,
+                memory_budget() / 2**30,
+            )
+    if in_memory:
+        return decode_files(scan, channels, size, strict=strict)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        reasons = list(pool.map(_check_header, scan.files))
+    bad = [(path, r) for path, r in zip(scan.files, reasons, strict=True) if r is not None]
+    report_unreadable(bad, scan.root, strict)
+    good = [i for i, r in enumerate(reasons) if r is None]
+    if not good:
+        raise DataError(f"none of the {len(scan.files)} files in {scan.root} is a readable image")
+    files = [str(scan.files[i]) for i in good]
+    labels = torch.tensor([scan.labels[i] for i in good], dtype=torch.int64)
+    return ImageSet(FileImages(files, channels, size), labels, files)
 
 
 def decode_files(scan: FolderScan, channels: int, size: tuple[int, int], *, strict: bool = False):

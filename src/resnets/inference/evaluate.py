@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from ..data.datasets import Dataset, ImageSet, load_dataset, parse_spec, resize_uint8
-from ..data.folders import decode_files, scan_folder
+from ..data.datasets import Dataset, ImageSet, load_dataset, parse_spec, resized
+from ..data.folders import load_images, scan_folder
 from ..errors import DataError
 from .predictor import Predictor
 
@@ -43,7 +43,7 @@ def evaluation_split(spec: str, predictor: Predictor) -> ImageSet:
             held = [path / n for n in ("val", "validation", "test") if (path / n).is_dir()]
             root = held[0] if held else path / "train"
         scan = scan_folder(root, class_names=predictor.class_names)
-        return decode_files(scan, predictor.channels, predictor.image_size)
+        return load_images(scan, predictor.channels, predictor.image_size)
     return held_out_of(load_dataset(spec), spec, predictor)
 
 
@@ -60,7 +60,7 @@ def held_out_of(dataset: Dataset, spec: str, predictor: Predictor) -> ImageSet:
         )
     split = dataset.held_out
     if tuple(split.images.shape[2:]) != predictor.image_size:
-        split.images = resize_uint8(split.images, predictor.image_size)
+        split.images = resized(split.images, predictor.image_size)
     return split
 
 

@@ -1,5 +1,7 @@
-"""Batches straight from in-memory uint8 tensors, sharded across data-parallel ranks."""
+"""uint8 batches, sharded across data-parallel ranks: straight from in-memory tensors, or
+decoded from files by DataLoader worker processes for folders too large for memory."""
 
+import os
 from collections.abc import Callable
 
 import lightning as L
@@ -82,8 +84,14 @@ class ResumableLoader(DataLoader):
     """A DataLoader whose state (epoch, batches done) Lightning saves in each checkpoint,
     so a run resumed mid-epoch trains on the rest of that epoch, not on its start again."""
 
-    def __init__(self, dataset, sampler: BatchIndexSampler, batches_done: Callable[[], int]):
-        super().__init__(dataset, sampler=sampler, batch_size=None, num_workers=0)
+    def __init__(
+        self,
+        dataset,
+        sampler: BatchIndexSampler,
+        batches_done: Callable[[], int],
+        **workers,
+    ):
+        super().__init__(dataset, sampler=sampler, batch_size=None, **workers)
         self.batches_done = batches_done
 
     def state_dict(self) -> dict[str, int]:
@@ -124,11 +132,26 @@ class ImageDataModule(L.LightningDataModule):
         """Optimiser steps in one training epoch on this rank, without building a loader."""
         return len(self._sampler(self.dataset.train, shuffle=True))
 
+    def _workers(self, split: ImageSet, shuffle: bool) -> dict:
+        """No workers for images in memory: a batch is one indexing. Files are decoded by
+        this process's share of the machine's cores, kept alive between training epochs."""
+        if split.in_memory:
+            return {"num_workers": 0}
+        processes = self.trainer.num_devices if self.trainer else 1
+        workers = min(8, max(1, (os.cpu_count() or 2) // processes))
+        return {
+            "num_workers": workers,
+            "persistent_workers": shuffle,
+            "pin_memory": torch.cuda.is_available(),
+            "prefetch_factor": 2,
+        }
+
     def _loader(self, split: ImageSet, shuffle: bool) -> DataLoader:
         sampler = self._sampler(split, shuffle)
+        workers = self._workers(split, shuffle)
         if shuffle:
-            return ResumableLoader(_Batches(split), sampler, self._batches_done)
-        return DataLoader(_Batches(split), sampler=sampler, batch_size=None, num_workers=0)
+            return ResumableLoader(_Batches(split), sampler, self._batches_done, **workers)
+        return DataLoader(_Batches(split), sampler=sampler, batch_size=None, **workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset.train, shuffle=True)

@@ -82,6 +82,7 @@ class TrainConfig:
     image_size: int | None = None
     channels: int | None = None
     strict: bool = False
+    in_memory: bool | None = None  # folders: decode once into memory; None: if they fit
     download: bool = False
     precision: str = "auto"
     channels_last: bool = True
@@ -516,6 +517,7 @@ def load_training_data(config: TrainConfig) -> Dataset:
         seed=config.seed,
         download=config.download,
         strict=config.strict,
+        in_memory=config.in_memory,
     )
 
 
@@ -612,6 +614,7 @@ def _run_facts(trainer: L.Trainer, recipe: Recipe, dataset: Dataset) -> dict[str
             "train_size": len(dataset.train),
             "held_out_size": len(dataset.held_out),
             "held_out": dataset.held_out_name,
+            "in_memory": dataset.train.in_memory,
             **preprocessing_of(dataset),
         },
         "class_names": dataset.class_names,
