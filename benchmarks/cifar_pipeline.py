@@ -1,6 +1,6 @@
 """CIFAR ResNet-20 training speed with the data pipeline included, in images/s.
 
-Three ways of running the same number of SGD steps on the CIFAR-10 image folder:
+Four ways of running the same number of SGD steps on the CIFAR-10 image folder:
 
   (a) torchvision-style: ImageFolder + DataLoader (2 workers) decoding JPEGs and applying
       RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize per image;
@@ -11,6 +11,8 @@ Three ways of running the same number of SGD steps on the CIFAR-10 image folder:
       as `resnets train` runs it.
   (c) resnets on a random tensor of the same shape: the model's own speed, with no data
       pipeline at all. (b) / (c) is the share of the model's speed the pipeline leaves.
+  (d) resnets on a folder too large for memory (`--no-in-memory`): DataLoader workers
+      decode each batch's files, then (b)'s batch augmentation and model.
 
 The variants run round-robin in one process (each round runs every variant in turn) and
 each variant's speed is its median over the rounds, so a neighbour's job slows all three
@@ -111,10 +113,13 @@ def resnets_step(bf16: bool) -> tuple[torch.nn.Module, Callable]:
     return model, step
 
 
-def resnets_in_memory(args: argparse.Namespace, bf16: bool) -> tuple[Callable, Callable, float]:
-    """(b): uint8 batches from memory, augmented and normalised a batch at a time."""
+def resnets_pipeline(
+    args: argparse.Namespace, bf16: bool, in_memory: bool = True
+) -> tuple[Callable, Callable, float]:
+    """(b): uint8 batches from memory, augmented and normalised a batch at a time; (d) with
+    `in_memory=False`: the same, each batch decoded from its files by DataLoader workers."""
     start = time.perf_counter()
-    dataset = load_dataset(f"folder:{args.data}")
+    dataset = load_dataset(f"folder:{args.data}", in_memory=in_memory)
     load_seconds = time.perf_counter() - start
     loader = ImageDataModule(dataset, args.batch_size).train_dataloader()
     mean, std = torch.tensor(dataset.mean), torch.tensor(dataset.std)
@@ -161,11 +166,13 @@ def main() -> None:
     bf16 = cpu_has_bf16()
     precision = "bf16" if bf16 else "fp32"
     tv_batches, tv_step = torchvision_style(args)
-    mem_batches, mem_step, load_seconds = resnets_in_memory(args, bf16)
+    mem_batches, mem_step, load_seconds = resnets_pipeline(args, bf16)
+    file_batches, file_step, _ = resnets_pipeline(args, bf16, in_memory=False)
     variants = {
         "(a) torchvision-style DataLoader, fp32 NCHW": (tv_batches, tv_step),
         f"(b) resnets in-memory uint8, channels-last {precision}": (mem_batches, mem_step),
         f"(c) resnets random tensors, channels-last {precision}": resnets_random(args, bf16),
+        f"(d) resnets from files (workers), channels-last {precision}": (file_batches, file_step),
     }
     seconds = {name: [] for name in variants}
     for round_index in range(args.rounds):
@@ -190,6 +197,7 @@ def main() -> None:
         "gflops": {name: 6 * macs * speed / 1e9 for name, speed in speeds.items()},
         "resnets_vs_torchvision": speeds[names[1]] / speeds[names[0]],
         "pipeline_share_of_model_speed": speeds[names[1]] / speeds[names[2]],
+        "from_files_share_of_model_speed": speeds[names[3]] / speeds[names[2]],
     }
     print_report(report)
     if args.json:
@@ -210,6 +218,10 @@ def print_report(report: dict) -> None:
     print(
         f"in-memory pipeline (b) / random tensors (c): "
         f"{100 * report['pipeline_share_of_model_speed']:.0f}%"
+    )
+    print(
+        f"from files (d) / random tensors (c): "
+        f"{100 * report['from_files_share_of_model_speed']:.0f}%"
     )
 
 
