@@ -117,6 +117,33 @@ def test_strict_refuses_a_folder_with_unreadable_files(tmp_path):
         load_dataset(f"folder:{tmp_path / 'mixed'}", image_size=32, strict=True)
 
 
+def test_a_streamed_folder_names_its_bad_files_with_the_reasons_decoding_gives(
+    tmp_path, caplog, monkeypatch
+):
+    write_every_kind(tmp_path / "mixed")
+    reasons = {}
+    for in_memory in (True, False):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            load_dataset(f"folder:{tmp_path / 'mixed'}", image_size=32, in_memory=in_memory)
+        (message,) = [r.getMessage() for r in caplog.records if "unreadable" in r.msg]
+        reasons[in_memory] = message.split(": ", 1)[1].split("; ")
+    # the header check finds two; the truncated one is found when its batch is decoded
+    assert len(reasons[True]) == 3 and set(reasons[False]) < set(reasons[True])
+    assert (
+        f"{tmp_path / 'mixed' / 'bad' / 'notes.png'}: not in an image format" in reasons[False][1]
+    )
+
+    monkeypatch.setenv("RESNETS_MEMORY_BUDGET_GB", "0.000001")
+    with caplog.at_level(logging.INFO):
+        load_dataset(f"folder:{tmp_path / 'mixed'}", image_size=32)
+    assert "(0.0 MiB, RESNETS_MEMORY_BUDGET_GB)" in caplog.text  # not "0.0 GiB"
+    assert "take 0.1 MiB decoded" in caplog.text  # 13 images of 3x32x32 bytes
+    monkeypatch.setenv("RESNETS_MEMORY_BUDGET_GB", "-2")
+    with pytest.raises(DataError, match="0 or more.*got '-2'"):
+        load_dataset(f"folder:{tmp_path / 'mixed'}", image_size=32)
+
+
 def test_an_image_claiming_a_huge_size_is_refused_in_one_line(tmp_path):
     """A PNG whose header claims 30000x30000 pixels: Pillow's decompression-bomb guard."""
     import struct
@@ -284,6 +311,8 @@ def test_an_extended_run_stopped_again_resumes_to_its_new_total(tmp_path):
     assert [r["epoch"] for r in finished.rows] == [1, 2, 3]
     kept = sorted(p.name for p in (first.run_dir / "checkpoints").iterdir())
     assert kept == ["best.ckpt", "last.ckpt"]  # the interrupted state is superseded
+    with pytest.raises(UsageError, match=r"has finished its 3 epochs.*--epochs 4"):
+        _resume_with(first.run_dir, digits)  # not a silent success that trained nothing
 
 
 def test_resume_refuses_a_total_below_the_epoch_it_stopped_in(tmp_path):
@@ -371,6 +400,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_the_code_never_runs(tmp_pat
         (["train", "--recipe", "quick"], 2, "invalid choice: 'quick'"),  # argparse's own
         (["predict", "run", "a.png", "--backend", "tvm"], 2, "see resnets predict --help"),
         (["trian"], 2, "invalid choice: 'trian'"),
+        (["evaluate", "run", "--strict"], 2, "resnets evaluate: error: unrecognized arguments"),
     ],
 )
 def test_cli_errors_are_one_line_with_the_right_exit_code(args, code, expected):
@@ -380,6 +410,16 @@ def test_cli_errors_are_one_line_with_the_right_exit_code(args, code, expected):
     assert process.returncode == code
     assert expected in process.stderr
     assert len(process.stderr.strip().splitlines()) == 1
+
+
+def test_the_command_starts_without_torch_so_it_answers_an_early_ctrl_c_itself():
+    code = "import sys, resnets, resnets.cli.main; print('torch' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert loaded.stdout.strip() == "False", loaded.stderr
+    import resnets
+
+    assert sorted(resnets.__all__) == sorted(resnets._PUBLIC)
+    assert resnets.create_model("resnet20").__class__ is resnets.ResNet
 
 
 def test_debug_shows_the_traceback():
@@ -404,3 +444,48 @@ def test_a_second_resume_while_the_run_trains_is_refused(tmp_path):
             _resume_with(tmp_path / "busy", digits, epochs=5)
     assert "epochs: 3" in (tmp_path / "busy" / "config.yaml").read_text()  # left as it was
     assert len(_resume_with(tmp_path / "busy", digits).rows) == 3
+
+
+@pytest.mark.parametrize("batch", [None, 2], ids=["epoch-end", "mid-epoch"])
+def test_a_run_reading_its_files_batch_by_batch_resumes_exactly(tmp_path, batch):
+    from conftest import make_image_folder
+    from safetensors.torch import load_file
+
+    from resnets.train import resume
+
+    folder = make_image_folder(tmp_path / "shapes", per_class=20)
+    options = dict(data=f"folder:{folder}", in_memory=False, batch_size=8, val_size=8)
+    whole = train(_config(tmp_path, "whole", **options))
+    with pytest.raises(Stopped):
+        train(_config(tmp_path, "cut", **options), callbacks=[_SignalAt(epoch=1, batch=batch)])
+    resumed = resume(tmp_path / "cut")
+    expected = load_file(whole.run_dir / "model" / "model.safetensors")
+    actual = load_file(resumed.run_dir / "model" / "model.safetensors")
+    assert all(torch.equal(expected[k], actual[k]) for k in expected)
+
+
+def test_a_damaged_file_found_while_reading_batches_is_skipped_or_refused(tmp_path, caplog):
+    from conftest import make_image_folder
+
+    from resnets.cli.main import main
+
+    folder = make_image_folder(tmp_path / "shapes", per_class=12)
+    whole = (folder / "circle" / "000.png").read_bytes()
+    (folder / "circle" / "zz-truncated.png").write_bytes(whole[: len(whole) // 2])  # header ok
+    args = [sys.executable, "-m", "resnets", "train", "--data", f"folder:{folder}"]
+    args += ["--no-in-memory", "--epochs", "1", "--batch-size", "8", "--val-size", "0.5"]
+    args += ["--out", str(tmp_path / "runs")]
+    lenient = subprocess.run([*args, "--name", "lenient"], capture_output=True, text=True)
+    assert lenient.returncode == 0, lenient.stderr
+    assert "skipping an unreadable file" in lenient.stderr and "zz-truncated.png" in lenient.stderr
+
+    strict = subprocess.run([*args, "--name", "strict", "--strict"], capture_output=True, text=True)
+    assert strict.returncode == 1
+    assert len(strict.stderr.strip().splitlines()) == 1  # not the DataLoader worker's traceback
+    assert "zz-truncated.png" in strict.stderr and "truncated" in strict.stderr
+
+    run = str(tmp_path / "runs" / "lenient")
+    assert main(["evaluate", run, "--data", f"folder:{folder}"]) == 0
+    assert "zz-truncated.png" in caplog.text
+    scored = tmp_path / "runs" / "lenient" / "evaluation-shapes" / "predictions.csv"
+    assert len(scored.read_text().splitlines()) == 1 + 24  # a header and every readable image

@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.set_defaults(commands={})  # each command's parser, to report its own mistakes
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"resnets.cli.{name}")
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         module.add_arguments(sub)
         sub.set_defaults(handler=module.run)
+        parser.get_default("commands")[name] = sub
     return parser
 
 
@@ -65,6 +67,15 @@ def quiet_lightning() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _own_words(error: BaseException) -> str:
+    """The error's message; for one raised in a DataLoader worker, which PyTorch re-raises
+    with the worker's traceback in its message, only the original message."""
+    message = str(error)
+    if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+        message = message.rstrip().splitlines()[-1].partition(": ")[2]
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -76,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the command they were given to: "resnets evaluate: error: ..."
+        args.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     args.command_argv = argv[argv.index(args.command) + 1 :]  # the words after the command
     from ..runs import launched_rank_zero
 
@@ -99,7 +112,7 @@ def _main(argv: list[str] | None) -> int:
     except (ResnetsError, OSError) as error:  # OSError: missing, unreadable, unwritable files
         if args.debug:
             raise
-        print(f"resnets {args.command}: error: {error}", file=sys.stderr)
+        print(f"resnets {args.command}: error: {_own_words(error)}", file=sys.stderr)
         return 2 if isinstance(error, UsageError) else 1
 
 

@@ -99,7 +99,7 @@ def channel_stats(
         if len(images) > sample:
             generator = torch.Generator().manual_seed(0)
             images = images.take(torch.randperm(len(images), generator=generator)[:sample])
-        images = images[:]
+        images, _ = images.load(slice(None))
     flat = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255.0
     return tuple(flat.mean(1).tolist()), tuple(flat.std(1).clamp_min(1e-3).tolist())
 

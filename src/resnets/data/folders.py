@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load_file, save_file
 
 from ..errors import DataError
@@ -138,6 +138,8 @@ def _try_decode(path: Path, channels: int, size: tuple[int, int]) -> torch.Tenso
         return decode_image(path, channels, size)
     except DataError as error:
         return str(error)
+    except FileNotFoundError:
+        return f"image file {path} not found: was it removed after the folder was scanned?"
 
 
 def memory_budget() -> int:
@@ -146,25 +148,35 @@ def memory_budget() -> int:
     value = os.environ.get("RESNETS_MEMORY_BUDGET_GB")
     if value:
         try:
-            return int(float(value) * 2**30)
+            budget = float(value)
         except ValueError:
+            budget = -1.0
+        if not budget >= 0:
             raise DataError(
-                f"RESNETS_MEMORY_BUDGET_GB must be a number of GiB, such as 4; got {value!r}"
-            ) from None
+                f"RESNETS_MEMORY_BUDGET_GB must be a number of GiB, 0 or more, such as 4 (0: "
+                f"never hold a folder in memory); got {value!r}"
+            )
+        return int(budget * 2**30)
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
 class FileImages:
-    """Image files decoded when indexed: a folder too large to hold decoded in memory.
+    """Image files decoded when used: a folder too large to hold decoded in memory.
 
-    Indexed like the first dimension of a uint8 (N, C, H, W) tensor (an int, a slice or a
-    tensor of indices), it decodes just those files, in parallel threads (one at a time
-    inside a DataLoader worker, which is itself one of several processes), with the same
-    decoder as the in-memory sets, so both give the same pixels.
+    `load(index)` decodes just the files at `index` (an int, a slice or a tensor of
+    indices) with the same decoder as the in-memory sets, so both give the same pixels: in
+    parallel threads, or one at a time inside a DataLoader worker (itself one of several
+    processes). A file found unreadable only then (the headers were checked when the folder
+    was scanned) is left out of what it returns with a warning naming it, or raises with
+    `strict`. Indexing returns the decoded images and raises on an unreadable file.
     """
 
-    def __init__(self, files: list[str], channels: int, size: tuple[int, int]) -> None:
+    def __init__(
+        self, files: list[str], channels: int, size: tuple[int, int], strict: bool = False
+    ) -> None:
         self.files, self.channels, self.size = list(files), channels, tuple(size)
+        self.strict = strict
+        self._warned: set[str] = set()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -176,24 +188,42 @@ class FileImages:
     def take(self, indices) -> "FileImages":
         """The files at `indices`, still undecoded."""
         chosen = torch.as_tensor(indices, dtype=torch.long).tolist()
-        return FileImages([self.files[i] for i in chosen], self.channels, self.size)
+        return FileImages([self.files[i] for i in chosen], self.channels, self.size, self.strict)
 
     def at_size(self, size: tuple[int, int]) -> "FileImages":
-        return FileImages(self.files, self.channels, size)
+        return FileImages(self.files, self.channels, size, self.strict)
 
     def __getitem__(self, index) -> torch.Tensor:
         if isinstance(index, int):
             return decode_image(self.files[index], self.channels, self.size)
-        files = self.files[index] if isinstance(index, slice) else self.take(index).files
-        decode = functools.partial(decode_image, channels=self.channels, size=self.size)
+        strict = FileImages(self._selected(index), self.channels, self.size, strict=True)
+        return strict.load(slice(None))[0]
+
+    def _selected(self, index) -> list[str]:
+        if isinstance(index, slice):
+            return self.files[index]
+        return [self.files[i] for i in torch.as_tensor(index, dtype=torch.long).tolist()]
+
+    def load(self, index) -> tuple[torch.Tensor, list[int]]:
+        """(the readable images among the files at `index`, their positions in it)."""
+        files = self._selected(index)
+        attempt = functools.partial(_try_decode, channels=self.channels, size=self.size)
         if torch.utils.data.get_worker_info() is not None or len(files) < 2:
-            images = [decode(f) for f in files]
+            results = [attempt(Path(f)) for f in files]
         else:
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-                images = list(pool.map(decode, files))
-        if not images:
-            return torch.empty(0, *self.shape[1:], dtype=torch.uint8)
-        return torch.stack(images)
+                results = list(pool.map(attempt, map(Path, files)))
+        kept = [i for i, r in enumerate(results) if not isinstance(r, str)]
+        for file, reason in zip(files, results, strict=True):
+            if isinstance(reason, str):
+                if self.strict:
+                    raise DataError(f"{reason} (--strict)")
+                if file not in self._warned:
+                    self._warned.add(file)
+                    log.warning("skipping an unreadable file in this and later batches: %s", reason)
+        if not kept:
+            return torch.empty(0, *self.shape[1:], dtype=torch.uint8), []
+        return torch.stack([results[i] for i in kept]), kept
 
 
 def _check_header(path: Path) -> str | None:
@@ -202,8 +232,14 @@ def _check_header(path: Path) -> str | None:
         with Image.open(path) as image:
             image.size  # noqa: B018
         return None
+    except UnidentifiedImageError:  # the same words as decoding it would give
+        return "not in an image format Pillow knows, or damaged"
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        return f"cannot read image {path}: {error}"
+        return str(error)
+
+
+def _size_in_words(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
 
 
 def load_images(
@@ -218,7 +254,8 @@ def load_images(
     in `memory_budget()` or `in_memory` is True, else `FileImages` decoded batch by batch.
 
     Files left undecoded are checked by their headers now; one that is damaged further in
-    stops training when its batch is read, naming the file.
+    is found when its batch is read, and is left out with a warning, or stops the run with
+    `strict`, naming the file.
     """
     from .datasets import ImageSet
 
@@ -227,12 +264,12 @@ def load_images(
         in_memory = decoded_bytes <= memory_budget()
         if not in_memory:
             log.info(
-                "%d images of %dx%d take %.1f GiB decoded, more than the memory budget "
-                "(%.1f GiB, RESNETS_MEMORY_BUDGET_GB); decoding them batch by batch instead",
+                "%d images of %dx%d take %s decoded, more than the memory budget "
+                "(%s, RESNETS_MEMORY_BUDGET_GB); decoding them batch by batch instead",
                 len(scan.files),
                 *size,
-                decoded_bytes / 2**30,
-                memory_budget() / 2**30,
+                _size_in_words(decoded_bytes),
+                _size_in_words(memory_budget()),
             )
     if in_memory:
         return decode_files(scan, channels, size, strict=strict)
@@ -245,7 +282,7 @@ def load_images(
         raise DataError(f"none of the {len(scan.files)} files in {scan.root} is a readable image")
     files = [str(scan.files[i]) for i in good]
     labels = torch.tensor([scan.labels[i] for i in good], dtype=torch.int64)
-    return ImageSet(FileImages(files, channels, size), labels, files)
+    return ImageSet(FileImages(files, channels, size, strict), labels, files)
 
 
 def decode_files(scan: FolderScan, channels: int, size: tuple[int, int], *, strict: bool = False):
@@ -283,7 +320,10 @@ def decode_files(scan: FolderScan, channels: int, size: tuple[int, int], *, stri
 def report_unreadable(bad: list[tuple[Path, str]], root: Path, strict: bool) -> None:
     if not bad:
         return
-    listing = "; ".join(f"{path}: {reason}" for path, reason in bad[:10])
+    listing = "; ".join(
+        f"{path}: {str(reason).removeprefix(f'cannot read image {path}: ')}"
+        for path, reason in bad[:10]
+    )
     more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
     if strict:
         raise DataError(f"{len(bad)} unreadable file(s) in {root} (--strict): {listing}{more}")

@@ -65,8 +65,10 @@ def held_out_of(dataset: Dataset, spec: str, predictor: Predictor) -> ImageSet:
 
 
 def evaluate(predictor: Predictor, split: ImageSet) -> Evaluation:
-    logits = predictor.logits(split.images)
-    labels = split.labels
+    if split.in_memory:
+        logits, labels, files = predictor.logits(split.images), split.labels, split.files
+    else:
+        logits, labels, files = _logits_from_files(predictor, split)
     num_classes = len(predictor.class_names)
     predicted = logits.argmax(dim=1)
     k = min(5, num_classes)
@@ -83,10 +85,25 @@ def evaluate(predictor: Predictor, split: ImageSet) -> Evaluation:
         count=len(labels),
         per_class=per_class,
         confusion=confusion,
-        files=split.files,
+        files=files,
         labels=labels,
         predicted=predicted,
     )
+
+
+def _logits_from_files(
+    predictor: Predictor, split: ImageSet, chunk: int = 512
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Logits, labels and files of a split read from its files `chunk` at a time, without
+    the files found unreadable (each named in a warning)."""
+    outputs, kept = [], []
+    for start in range(0, len(split), chunk):
+        images, readable = split.images.load(slice(start, start + chunk))
+        outputs.append(predictor.logits(images))
+        kept += [start + i for i in readable]
+    if not kept:
+        raise DataError(f"none of the {len(split)} files could be read")
+    return torch.cat(outputs), split.labels[kept], [split.files[i] for i in kept]
 
 
 def write_predictions(result: Evaluation, class_names: list[str], path: Path) -> Path:

@@ -13,7 +13,6 @@ import yaml
 from .. import hardware
 from ..data.augment import normalize
 from ..data.decode import decode_image
-from ..data.folders import FileImages
 from ..errors import DataError, UsageError, closest
 from ..runs import RUN_CONFIG, checkpoint_step, newest_checkpoint, unfinished_run
 from ..weights import load_model_dir, read_model_config
@@ -303,10 +302,8 @@ class Predictor:
                 return self.model(x).float()
 
     @torch.inference_mode()
-    def logits(self, images: torch.Tensor | FileImages, batch_size: int = 256) -> torch.Tensor:
-        """uint8 (N, C, H, W) at the model's size -> float32 logits (N, num_classes).
-
-        `FileImages` are decoded a batch at a time."""
+    def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """uint8 (N, C, H, W) at the model's size -> float32 logits (N, num_classes)."""
         expected = (self.channels, *self.image_size)
         if tuple(images.shape[1:]) != expected:
             raise DataError(f"expected images of shape (N, {expected}), got {tuple(images.shape)}")

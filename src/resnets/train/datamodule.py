@@ -12,7 +12,8 @@ from ..data.datasets import Dataset, ImageSet
 
 
 class _Batches(torch.utils.data.Dataset):
-    """Indexing with a tensor of indices returns a whole batch in one copy."""
+    """Indexing with a tensor of indices returns a whole batch: in one copy from memory, or
+    decoded from its files, less any file found unreadable (see `FileImages.load`)."""
 
     def __init__(self, split: ImageSet) -> None:
         self.split = split
@@ -21,7 +22,10 @@ class _Batches(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.split.images[indices], self.split.labels[indices]
+        if self.split.in_memory:
+            return self.split.images[indices], self.split.labels[indices]
+        images, kept = self.split.images.load(indices)
+        return images, self.split.labels[indices][kept]
 
 
 class BatchIndexSampler(Sampler[torch.Tensor]):
@@ -52,8 +56,12 @@ class BatchIndexSampler(Sampler[torch.Tensor]):
         self.epoch = epoch
 
     def resume_at(self, epoch: int, batches_done: int) -> None:
-        """Skip the batches an interrupted epoch already trained on when it runs again."""
+        """Skip the batches an interrupted epoch already trained on when it runs again.
+
+        Sets the epoch too: a loader with worker processes starts drawing batches from
+        this sampler as soon as it is iterated, which Lightning does before `set_epoch`."""
         self.resume_epoch, self.resume_batches = epoch, batches_done
+        self.epoch = epoch
 
     def _indices(self) -> torch.Tensor:
         if not self.shuffle:

@@ -459,12 +459,17 @@ def resume(
             setattr(config, name, value)
     with training_lock(run_dir):  # before anything is read or rewritten
         checkpoint = latest_checkpoint(run_dir)
-        if epochs is not None:
-            done = (
-                len(read_metrics(run_dir / "metrics.csv"))
-                if (run_dir / "metrics.csv").exists()
-                else 0
+        done = (
+            len(read_metrics(run_dir / "metrics.csv")) if (run_dir / "metrics.csv").exists() else 0
+        )
+        finished = (run_dir / "model" / "config.json").is_file()
+        if finished and done >= (epochs or config.epochs or 0):
+            raise UsageError(
+                f"{run_dir} has finished its {done} epoch{'s' if done != 1 else ''}, so there "
+                f"is nothing to resume; to train it further, give a new total: resnets train "
+                f"--resume {run_dir} --epochs {done + max(1, done // 2)}"
             )
+        if epochs is not None:
             least = max(done, _epochs_begun(checkpoint))
             if epochs < least:
                 raise UsageError(
