@@ -187,8 +187,7 @@ class FileImages:
 
     def take(self, indices) -> "FileImages":
         """The files at `indices`, still undecoded."""
-        chosen = torch.as_tensor(indices, dtype=torch.long).tolist()
-        return FileImages([self.files[i] for i in chosen], self.channels, self.size, self.strict)
+        return FileImages(self._selected(indices), self.channels, self.size, self.strict)
 
     def at_size(self, size: tuple[int, int]) -> "FileImages":
         return FileImages(self.files, self.channels, size, self.strict)
